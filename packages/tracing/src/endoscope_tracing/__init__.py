@@ -1,5 +1,34 @@
-"""With-block capture: find, parse, compile and run the body of a `with` block later, with the caller's locals."""
+"""endoscope-tracing: capture the body of a ``with`` block and run it later.
 
+The layer every endoscope trace stands on, usable alone: it works on any Python
+code and imports nothing outside the standard library.
+"""
+
+from ._config import CONFIG, TracingConfig
+from ._errors import ExitTracingException, UnsupportedBlockError, WithBlockNotFoundError
+from ._exceptions import clean_exception, strip_internal_frames
+from ._frames import register_internal_package, write_locals
+from ._saving import SAVED, save
+from ._source import read_source
+from ._tracer import Backend, ExecutionBackend, Info, Tracer
 from ._version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "CONFIG",
+    "SAVED",
+    "Backend",
+    "ExecutionBackend",
+    "ExitTracingException",
+    "Info",
+    "Tracer",
+    "TracingConfig",
+    "UnsupportedBlockError",
+    "WithBlockNotFoundError",
+    "__version__",
+    "clean_exception",
+    "read_source",
+    "register_internal_package",
+    "save",
+    "strip_internal_frames",
+    "write_locals",
+]

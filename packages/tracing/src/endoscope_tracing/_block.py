@@ -1,0 +1,358 @@
+"""Parse a ``with`` statement and compile its body into a function, once per call site.
+
+The body becomes ``def <caller name>(tracer, entered, *pulled): ...``:
+
+* ``pulled`` are the caller's variables the body mentions, passed in as parameters
+  (fast locals, so closures inside the body capture them as usual);
+* the ``as`` target, if any, is assigned ``entered`` first;
+* the body's statements follow unchanged, keeping their original line *and
+  column* numbers and the caller's filename, so tracebacks, debuggers and nested
+  captures see the user's own file;
+* the last statement hands ``locals()`` to ``tracer.push``.
+
+Which caller variables exist can differ between runs (a name not yet assigned, a
+module global defined later), so a :class:`CapturedBlock` keeps one code object per
+set of pulled names; in a loop that is one compile in total.
+"""
+
+from __future__ import annotations
+import __future__
+
+import ast
+import copy
+import inspect
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import CodeType, FrameType, FunctionType
+from typing import Any
+
+from ._errors import UnsupportedBlockError, WithBlockNotFoundError
+
+__all__ = ["TRACER_ARG", "CapturedBlock", "find_with_node"]
+
+TRACER_ARG = "__endoscope_tracer__"
+ENTERED_ARG = "__endoscope_entered__"
+_FUTURE_FLAGS = 0
+for _feature in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_LOOPS = (ast.For, ast.While, ast.AsyncFor)
+
+
+def find_with_node(source_lines: list[str], line: int, filename: str) -> ast.With:
+    """The ``with`` statement whose header contains ``line``.
+
+    Raises:
+        WithBlockNotFoundError: the source does not parse, or has no ``with``
+            statement there (the source changed since the code was compiled?).
+    """
+    try:
+        tree = ast.parse("".join(source_lines), filename=filename)
+    except SyntaxError as error:
+        raise WithBlockNotFoundError(
+            f"endoscope could not parse the source of {filename} to find the traced "
+            f"`with` block at line {line}: {error.msg} (line {error.lineno}). If the "
+            "file was edited after it was imported, re-run it."
+        ) from None
+    best: ast.With | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.With) or not node.body:
+            continue
+        body_line = node.body[0].lineno
+        in_header = node.lineno <= line and (line < body_line or line == node.lineno)
+        in_items = any(
+            item.context_expr.lineno <= line <= (item.context_expr.end_lineno or line)
+            for item in node.items
+        )
+        if (in_header or in_items) and (best is None or node.lineno >= best.lineno):
+            best = node
+    if best is None:
+        raise WithBlockNotFoundError(
+            f"endoscope found no `with` statement at {filename}, line {line}. A tracer "
+            "must be entered by a `with` statement (`with model.trace(...):`), not by "
+            "calling __enter__ directly. If the file changed after it was loaded, re-run it."
+        )
+    return best
+
+
+def _body_lines(source_lines: list[str], node: ast.With) -> list[str]:
+    first = node.body[0]
+    end = node.end_lineno or first.lineno
+    lines = source_lines[first.lineno - 1 : end]
+    # Blank out the header when the body shares its line (`with t: x = 1`); columns
+    # are UTF-8 byte offsets.
+    head = lines[0].encode("utf-8")
+    prefix = head[: first.col_offset].decode("utf-8", errors="replace")
+    lines[0] = " " * len(prefix) + head[first.col_offset :].decode("utf-8")
+    if not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return lines
+
+
+class _Checker(ast.NodeVisitor):
+    """Rejects statements that cannot keep their meaning inside a function."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.loops = 0
+
+    def fail(self, node: ast.AST, what: str, fix: str) -> None:
+        lineno = getattr(node, "lineno", None)
+        error = UnsupportedBlockError(
+            f"{what} cannot be used directly inside a traced `with` block: the block "
+            f"runs later as a function of its own. {fix}"
+        )
+        error.filename, error.lineno = self.filename, lineno
+        raise error
+
+    def visit_FunctionDef(self, node: ast.AST) -> None:
+        return  # a nested scope may use return/yield/await freely
+
+    visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = visit_FunctionDef
+
+    def visit_Return(self, node: ast.Return) -> None:
+        self.fail(node, "`return`", "Assign the value to a variable and return after the block.")
+
+    def visit_Yield(self, node: ast.AST) -> None:
+        self.fail(node, "`yield`", "Collect values in a list and yield them after the block.")
+
+    visit_YieldFrom = visit_Yield
+
+    def visit_Await(self, node: ast.AST) -> None:
+        self.fail(node, "`await`", "Await before or after the block.")
+
+    def _loop(self, node: ast.AST) -> None:
+        self.loops += 1
+        self.generic_visit(node)
+        self.loops -= 1
+
+    visit_For = visit_While = visit_AsyncFor = _loop
+
+    def _jump(self, node: ast.AST) -> None:
+        if not self.loops:
+            kind = "`break`" if isinstance(node, ast.Break) else "`continue`"
+            self.fail(
+                node,
+                f"{kind} aimed at a loop outside the block",
+                "Set a flag and test it after the block.",
+            )
+
+    visit_Break = visit_Continue = _jump
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Name) and node.func.id == "super" and not node.args:
+            self.fail(node, "Zero-argument `super()`", "Write `super(ClassName, self)` instead.")
+        self.generic_visit(node)
+
+
+def _names_in(nodes: list[ast.stmt]) -> tuple[dict[str, None], set[str], set[str]]:
+    """Names the body mentions (in order), and those its own scope declares global/nonlocal."""
+    names: dict[str, None] = {}
+    declared_global: set[str] = set()
+    declared_nonlocal: set[str] = set()
+    for statement in nodes:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name):
+                names.setdefault(node.id, None)
+            elif isinstance(node, ast.arg):
+                names.setdefault(node.arg, None)
+    # global/nonlocal of the body's own scope (not of nested functions).
+    stack: list[ast.AST] = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Global):
+            declared_global.update(node.names)
+        elif isinstance(node, ast.Nonlocal):
+            declared_nonlocal.update(node.names)
+        if not isinstance(node, _SCOPES):
+            stack.extend(ast.iter_child_nodes(node))
+    return names, declared_global, declared_nonlocal
+
+
+class _DropNonlocal(ast.NodeTransformer):
+    """``nonlocal x`` in the body refers to the caller's variable, which is pulled."""
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> ast.AST:
+        return ast.copy_location(ast.Pass(), node)
+
+    def _scope(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _scope
+
+
+def _located(node: ast.AST, lineno: int) -> ast.AST:
+    for child in ast.walk(node):
+        if "lineno" in child._attributes:
+            child.lineno = child.end_lineno = lineno  # type: ignore[attr-defined]
+            child.col_offset = child.end_col_offset = 0  # type: ignore[attr-defined]
+    return node
+
+
+@dataclass
+class CapturedBlock:
+    """One traced ``with`` statement: parsed once, compiled once per pulled-name set.
+
+    Attributes:
+        filename: the caller's filename (also used for the compiled code).
+        node: the ``with`` statement.
+        source: the body's source lines.
+        start_line: first line of the body (1-based, in ``filename``).
+        names: every name the body mentions, in order of first appearance.
+        static_locals: for function frames, the body's names that are the caller's
+            local, cell or free variables (fixed per code object); ``None`` for
+            module, class and ``exec`` frames, whose namespace is a dict.
+        as_names: names bound by the ``as`` target, always pushed back.
+    """
+
+    filename: str
+    node: ast.With
+    source: list[str]
+    start_line: int
+    names: tuple[str, ...]
+    static_locals: tuple[str, ...] | None
+    as_names: tuple[str, ...]
+    code_name: str
+    qualname: str
+    future_flags: int
+    _body: list[ast.stmt] = field(repr=False)
+    _globals_declared: frozenset[str] = field(repr=False)
+    _compiled: dict[tuple[str, ...], CodeType] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_source(cls, source_lines: list[str], frame: FrameType) -> CapturedBlock:
+        """Parse the ``with`` statement running at ``frame.f_lineno``."""
+        code = frame.f_code
+        filename = code.co_filename
+        node = find_with_node(source_lines, frame.f_lineno, filename)
+        # With several items the tracer must be the last one (documented).
+        lines = _body_lines(source_lines, node)
+        first = node.body[0]
+        text = "def __endoscope_block__():\n" + "".join(lines)
+        try:
+            parsed = ast.parse(text, filename=filename)
+        except SyntaxError as error:  # pragma: no cover - the file itself parsed
+            raise WithBlockNotFoundError(
+                f"endoscope could not re-parse the traced block at {filename}, line "
+                f"{first.lineno}: {error.msg}"
+            ) from None
+        ast.increment_lineno(parsed, first.lineno - 2)
+        function = parsed.body[0]
+        assert isinstance(function, ast.FunctionDef)
+        body = function.body
+        _Checker(filename).visit(ast.Module(body=body, type_ignores=[]))
+        as_targets = [item.optional_vars for item in node.items[-1:] if item.optional_vars]
+        names, declared_global, _ = _names_in(
+            [*body, *(ast.Expr(value=target) for target in as_targets)]  # type: ignore[arg-type]
+        )
+        as_names: list[str] = []
+        for target in as_targets:
+            as_names.extend(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        mentioned = tuple(
+            name
+            for name in names
+            if name not in declared_global and name not in (TRACER_ARG, ENTERED_ARG)
+        )
+        static: tuple[str, ...] | None = None
+        if code.co_flags & inspect.CO_OPTIMIZED:
+            caller = {*code.co_varnames, *code.co_cellvars, *code.co_freevars}
+            static = tuple(name for name in mentioned if name in caller)
+        body = [_DropNonlocal().visit(statement) for statement in body]
+        if as_targets:
+            assign = ast.Assign(
+                targets=[copy.deepcopy(as_targets[0])],
+                value=ast.Name(id=ENTERED_ARG, ctx=ast.Load()),
+            )
+            _store_context(assign.targets[0])
+            body.insert(0, _located(assign, node.lineno))  # type: ignore[arg-type]
+        return cls(
+            filename=filename,
+            node=node,
+            source=lines,
+            start_line=first.lineno,
+            names=mentioned,
+            static_locals=static,
+            as_names=tuple(as_names),
+            code_name=code.co_name,
+            qualname=getattr(code, "co_qualname", code.co_name),
+            future_flags=code.co_flags & _FUTURE_FLAGS,
+            _body=body,
+            _globals_declared=frozenset(declared_global),
+        )
+
+    def pulled_names(self, namespace: Mapping[str, Any]) -> tuple[str, ...]:
+        """Which of the body's names the caller has bound right now."""
+        candidates = self.names if self.static_locals is None else self.static_locals
+        return tuple(name for name in candidates if name in namespace)
+
+    def function(self, pulled: tuple[str, ...], globals_: dict[str, Any]) -> FunctionType:
+        """The body as a function taking ``(tracer, entered, *pulled values)``."""
+        code = self._compiled.get(pulled)
+        if code is None:
+            code = self._compiled[pulled] = self._compile(pulled)
+        return FunctionType(code, globals_)
+
+    def _compile(self, pulled: tuple[str, ...]) -> CodeType:
+        lineno = self.node.lineno
+        push = ast.Expr(
+            value=ast.Call(
+                func=ast.Attribute(
+                    value=ast.Name(id=TRACER_ARG, ctx=ast.Load()), attr="push", ctx=ast.Load()
+                ),
+                args=[ast.Call(func=ast.Name(id="locals", ctx=ast.Load()), args=[], keywords=[])],
+                keywords=[],
+            )
+        )
+        arguments = ast.arguments(
+            posonlyargs=[],
+            args=[ast.arg(arg=name) for name in (TRACER_ARG, ENTERED_ARG, *pulled)],
+            vararg=None,
+            kwonlyargs=[],
+            kw_defaults=[],
+            kwarg=None,
+            defaults=[],
+        )
+        function = ast.FunctionDef(
+            name="__endoscope_block__",
+            args=arguments,
+            body=[*copy.deepcopy(self._body), _located(push, self.node.end_lineno or lineno)],
+            decorator_list=[],
+            returns=None,
+            type_comment=None,
+        )
+        if sys.version_info >= (3, 12):
+            function.type_params = []
+        _located(arguments, lineno)
+        function.lineno = function.end_lineno = lineno
+        function.col_offset = function.end_col_offset = 0
+        module = ast.Module(body=[function], type_ignores=[])
+        ast.fix_missing_locations(module)
+        compiled = compile(
+            module, self.filename, "exec", flags=self.future_flags, dont_inherit=True
+        )
+        inner = next(c for c in compiled.co_consts if isinstance(c, CodeType))
+        # Name the frame like the caller's, so tracebacks read `in <module>` or `in f`.
+        replace: dict[str, Any] = {"co_name": self.code_name}
+        if sys.version_info >= (3, 11):
+            replace["co_qualname"] = self.qualname
+        return inner.replace(**replace)
+
+
+def _store_context(target: ast.AST) -> None:
+    for node in ast.walk(target):
+        if isinstance(
+            node, (ast.Name, ast.Attribute, ast.Subscript, ast.Starred, ast.Tuple, ast.List)
+        ):
+            node.ctx = ast.Store()
+    # Sub-expressions of attribute/subscript targets are loads.
+    for node in ast.walk(target):
+        if isinstance(node, (ast.Attribute, ast.Subscript)):
+            for child in ast.walk(node.value):
+                if hasattr(child, "ctx"):
+                    child.ctx = ast.Load()
+            if isinstance(node, ast.Subscript):
+                for child in ast.walk(node.slice):
+                    if hasattr(child, "ctx"):
+                        child.ctx = ast.Load()

@@ -1,0 +1,122 @@
+"""Frame plumbing: which frames are endoscope's, caller locals in and out, body skipping.
+
+Everything here that depends on the CPython version is in this module:
+
+* Writing locals back. From 3.13 ``frame.f_locals`` of a function frame is a
+  write-through proxy (PEP 667). Before, it is a snapshot dict that
+  ``PyFrame_LocalsToFast`` copies back into the frame's fast slots and cells.
+* Skipping the body. ``__enter__`` installs a trace function on the caller's frame
+  with opcode events on, so the very first instruction after ``__enter__`` returns
+  (even on a one-line ``with x: body``) raises :class:`ExitTracingException`, which
+  lands inside the ``with`` and reaches its ``__exit__``. The previous global and
+  frame trace functions are restored before raising, so a debugger or coverage
+  running around a trace keeps working.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from ._errors import ExitTracingException
+
+__all__ = [
+    "INTERNAL_PACKAGES",
+    "is_internal_frame",
+    "register_internal_package",
+    "skip_body",
+    "user_frame",
+    "write_locals",
+]
+
+# Top-level package names whose frames count as endoscope's own: skipped when
+# looking for the user's frame, hidden from tracebacks unless debugging.
+INTERNAL_PACKAGES: set[str] = {"endoscope_tracing"}
+
+
+def register_internal_package(name: str) -> None:
+    """Mark a top-level package's frames as internal.
+
+    Packages that build tracers on top of this one (and may call
+    ``Tracer.__enter__`` from their own code) register themselves so capture finds
+    the user's frame above theirs and tracebacks hide their frames.
+
+    Args:
+        name: the top-level import name, e.g. ``"endoscope_envoy"``.
+    """
+    INTERNAL_PACKAGES.add(name.partition(".")[0])
+
+
+def is_internal_frame(frame: FrameType) -> bool:
+    """Whether ``frame`` runs code of a registered internal package."""
+    module = frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.partition(".")[0] in INTERNAL_PACKAGES
+
+
+def user_frame(frame: FrameType | None) -> FrameType:
+    """The first frame at or above ``frame`` that is not endoscope's own."""
+    while frame is not None and is_internal_frame(frame):
+        frame = frame.f_back
+    if frame is None:  # pragma: no cover - only if every frame is internal
+        raise RuntimeError("endoscope could not find the frame that opened the trace")
+    return frame
+
+
+if sys.version_info >= (3, 13):
+
+    def write_locals(frame: FrameType, values: Mapping[str, Any]) -> None:
+        """Assign ``values`` to variables of ``frame`` (PEP 667 write-through proxy)."""
+        if not values:
+            return
+        proxy = frame.f_locals
+        for name, value in values.items():
+            proxy[name] = value
+
+else:
+    import ctypes
+
+    _locals_to_fast = ctypes.pythonapi.PyFrame_LocalsToFast
+    _locals_to_fast.argtypes = [ctypes.py_object, ctypes.c_int]
+    _locals_to_fast.restype = None
+
+    def write_locals(frame: FrameType, values: Mapping[str, Any]) -> None:
+        """Assign ``values`` to variables of ``frame`` (snapshot dict + LocalsToFast)."""
+        if not values:
+            return
+        snapshot = frame.f_locals  # syncs fast slots into the dict first
+        snapshot.update(values)
+        if snapshot is not frame.f_globals:  # module frames use the dict directly
+            _locals_to_fast(frame, 0)
+
+
+def _pass_through(previous: Any) -> Any:
+    """A global trace function that leaves new frames to whatever traced before."""
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        return previous(frame, event, arg) if previous is not None else None
+
+    return trace
+
+
+def skip_body(frame: FrameType) -> None:
+    """Make the next instruction run in ``frame`` raise :class:`ExitTracingException`.
+
+    Called from ``__enter__`` with the frame of the ``with`` statement; the
+    exception then reaches the matching ``__exit__``.
+    """
+    previous_global = sys.gettrace()
+    previous_local = frame.f_trace
+    previous_opcodes = frame.f_trace_opcodes
+
+    def leave(traced: FrameType, event: str, arg: Any) -> Any:
+        traced.f_trace = previous_local
+        traced.f_trace_opcodes = previous_opcodes
+        sys.settrace(previous_global)
+        raise ExitTracingException()
+
+    frame.f_trace_opcodes = True
+    frame.f_trace = leave
+    # Frame-level trace functions only fire while a global one is set.
+    sys.settrace(_pass_through(previous_global))

@@ -1,0 +1,266 @@
+"""The Tracer: capture a ``with`` block, then parse, compile and execute its body.
+
+``__enter__`` finds the user's frame, captures the block (step 1; source lookup
+and parsing happen once per call site, step 2) and arranges for the body to be
+skipped. ``__exit__`` receives the skip, and hands the tracer to its backend,
+which by default compiles the body into a function (step 3) and runs it (step 4)
+with the caller's variables pulled in; the body's variables are pushed back at
+its end. Subclasses (the envoy's traces and invokes) change what ``execute``
+does: run the body beside a model, or defer it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from ._block import CapturedBlock
+from ._errors import ExitTracingException
+from ._exceptions import clean_exception, install_excepthook
+from ._frames import skip_body, user_frame, write_locals
+from ._saving import SAVED
+from ._source import read_source
+
+__all__ = ["Backend", "ExecutionBackend", "Info", "Tracer"]
+
+# Call-site cache: code object -> instruction offset of the `with` -> parsed block.
+_SITES: weakref.WeakKeyDictionary[CodeType, dict[int, CapturedBlock]] = weakref.WeakKeyDictionary()
+_SITES_LOCK = threading.Lock()
+
+# Tracers whose compiled body is running now, innermost last (process-wide: bodies
+# may run on worker threads). Used to find a nested tracer's parent.
+_RUNNING: list[Tracer] = []
+_PRIVATE_PREFIX = "__endoscope_"
+
+
+@dataclass
+class Info:
+    """What capture learned about one run of a traced ``with`` block.
+
+    Attributes:
+        source: the body's source lines.
+        frame: the frame that ran the ``with`` statement.
+        start_line: the body's first line (1-based) in ``filename``.
+        node: the ``ast.With`` statement.
+        filename: where the code came from (a path, ``<string>``, a cell name, ...).
+        cache_key: identifies the call site (code object id, instruction offset).
+        block: the parsed, compile-ready block shared by every run of this site.
+    """
+
+    source: list[str]
+    frame: FrameType
+    start_line: int
+    node: Any
+    filename: str
+    cache_key: tuple[int, int]
+    block: CapturedBlock = field(repr=False)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Decides what happens to a captured block when its ``with`` statement ends."""
+
+    def __call__(self, tracer: Tracer) -> Any:
+        """Process the captured ``tracer`` (typically compile and execute it)."""
+        ...
+
+
+class ExecutionBackend:
+    """The default backend: compile the body and run it right away."""
+
+    def __call__(self, tracer: Tracer) -> Any:
+        return tracer.execute(tracer.compile())
+
+
+class Tracer:
+    """Captures the body of the ``with`` block it opens and runs it as a function.
+
+    Example:
+        >>> with Tracer() as tracer:  # doctest: +SKIP
+        ...     total = save(sum(range(10)))
+        >>> total  # doctest: +SKIP
+        45
+
+    Args:
+        *args: kept as ``self.args`` for subclasses.
+        backend: what to do with the captured block; defaults to
+            :class:`ExecutionBackend` (run it now).
+        **kwargs: kept as ``self.kwargs`` for subclasses.
+
+    Attributes:
+        keep_unsaved: when ``False`` (the default) only values marked with
+            :func:`save`, and the ``as`` target, are written back to the user's
+            frame; when ``True`` every variable the body assigns is.
+        info: what :meth:`capture` found, set by ``__enter__``.
+        parent: the tracer whose block contains this one, if any.
+    """
+
+    Info: ClassVar[type[Info]] = Info
+    keep_unsaved: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, backend: Backend | None = None, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.backend: Backend = backend if backend is not None else ExecutionBackend()
+        self.info: Info | None = None
+        self.parent: Tracer | None = None
+        self._entered: Any = self
+        self._pulled: dict[str, Any] = {}
+        self._body_code: CodeType | None = None
+        self._running = False
+
+    # -- the with statement -------------------------------------------------------
+
+    def __enter__(self) -> Any:
+        frame = user_frame(sys._getframe(1))
+        self.capture(frame)
+        self._entered = self._enter_value()
+        skip_body(frame)
+        return self._entered
+
+    def _enter_value(self) -> Any:
+        """What ``with ... as x`` binds; subclasses may return something else."""
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
+    ) -> bool:
+        __tracebackhide__ = True  # pytest and IPython hide this frame
+        if kind is None or not issubclass(kind, ExitTracingException):
+            # The body was not skipped (someone cleared the trace function) or an
+            # unrelated error: behave like an ordinary context manager.
+            return False
+        install_excepthook()
+        SAVED.enter()
+        try:
+            self.backend(self)
+        except BaseException as failure:
+            clean_exception(failure, control=error)
+            raise
+        finally:
+            SAVED.exit()
+            self._release()
+        return True
+
+    def _release(self) -> None:
+        """Drop references to the caller's frame once the block is done."""
+        if self.parent is None or not self.parent._running:
+            self._pulled = {}
+
+    # -- the four steps -------------------------------------------------------------
+
+    def capture(self, frame: FrameType | None = None) -> Info:
+        """Step 1: find the ``with`` block being entered in ``frame`` and its source.
+
+        The source is read and parsed (step 2, :meth:`parse`) only the first time a
+        call site runs; later runs reuse the parsed block.
+
+        Args:
+            frame: the frame running the ``with`` statement; defaults to the first
+                non-endoscope frame above the caller.
+
+        Raises:
+            WithBlockNotFoundError: no source for the block (the message says why).
+            UnsupportedBlockError: the block uses ``return``, ``yield`` or the like.
+        """
+        if frame is None:
+            frame = user_frame(sys._getframe(1))
+        code, offset = frame.f_code, frame.f_lasti
+        sites = _SITES.get(code)
+        block = sites.get(offset) if sites is not None else None
+        if block is None:
+            block = self.parse(read_source(frame), frame)
+            with _SITES_LOCK:
+                _SITES.setdefault(code, {})[offset] = block
+        self.info = Info(
+            source=block.source,
+            frame=frame,
+            start_line=block.start_line,
+            node=block.node,
+            filename=block.filename,
+            cache_key=(id(code), offset),
+            block=block,
+        )
+        self.parent = next((t for t in reversed(_RUNNING) if t._body_code is code), None)
+        return self.info
+
+    def parse(self, source_lines: list[str], frame: FrameType) -> CapturedBlock:
+        """Step 2: locate the ``with`` statement at ``frame``'s line and extract its body."""
+        return CapturedBlock.from_source(source_lines, frame)
+
+    def compile(self) -> Callable[..., Any]:
+        """Step 3: the body as a function ``fn(tracer, entered, *pulled)``.
+
+        The caller's variables the body uses are pulled now; compiled code is
+        cached per call site and set of pulled names.
+        """
+        info = self._require_info()
+        namespace = self.pull()
+        names = info.block.pulled_names(namespace)
+        self._pulled = {name: namespace[name] for name in names}
+        return info.block.function(names, info.frame.f_globals)
+
+    def execute(self, fn: Callable[..., Any]) -> Any:
+        """Step 4: run the compiled body; its variables are pushed at its end."""
+        self._body_code = getattr(fn, "__code__", None)
+        self._running = True
+        _RUNNING.append(self)
+        try:
+            return fn(self, self._entered, *self._pulled.values())
+        finally:
+            self._running = False
+            _RUNNING.remove(self)
+
+    # -- variables in and out ---------------------------------------------------------
+
+    def pull(self) -> Mapping[str, Any]:
+        """The caller's variables, as seen from the frame that opened the block."""
+        return self._require_info().frame.f_locals
+
+    def push(self, state: Mapping[str, Any]) -> None:
+        """Write the body's variables back where they belong.
+
+        Only variables that are new or rebound in the body move. Into a parent
+        block that is still running, everything flows (the parent filters when it
+        pushes); into a parent that already finished (a deferred body), the
+        parent's own push decides; into the user's frame, only saved values and
+        the ``as`` target, unless :attr:`keep_unsaved`.
+
+        Args:
+            state: the body's ``locals()``.
+        """
+        info = self._require_info()
+        pulled = self._pulled
+        changed = {
+            name: value
+            for name, value in state.items()
+            if not name.startswith(_PRIVATE_PREFIX) and pulled.get(name, _ABSENT) is not value
+        }
+        parent = self.parent
+        if parent is not None:
+            if parent._running:
+                write_locals(info.frame, changed)
+            else:
+                parent.push(changed)
+            return
+        if not self.keep_unsaved:
+            keep = info.block.as_names
+            changed = {
+                name: value for name, value in changed.items() if name in keep or value in SAVED
+            }
+        write_locals(info.frame, changed)
+
+    def _require_info(self) -> Info:
+        if self.info is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has not captured a block yet: use it in a `with` statement."
+            )
+        return self.info
+
+
+_ABSENT = object()
