@@ -10,7 +10,7 @@ from ._exceptions import clean_exception, strip_internal_frames
 from ._frames import register_internal_package, write_locals
 from ._saving import SAVED, save
 from ._source import read_source
-from ._tracer import Backend, ExecutionBackend, Info, Tracer
+from ._tracer import Backend, ExecutionBackend, Tracer, TracerInfo
 from ._version import __version__
 
 __all__ = [
@@ -19,8 +19,8 @@ __all__ = [
     "Backend",
     "ExecutionBackend",
     "ExitTracingException",
-    "Info",
     "Tracer",
+    "TracerInfo",
     "TracingConfig",
     "UnsupportedBlockError",
     "WithBlockNotFoundError",

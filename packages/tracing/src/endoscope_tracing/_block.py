@@ -245,11 +245,11 @@ class CapturedBlock:
         _Checker(filename).visit(ast.Module(body=body, type_ignores=[]))
         as_targets = [item.optional_vars for item in node.items[-1:] if item.optional_vars]
         names, declared_global, _ = _names_in(
-            [*body, *(ast.Expr(value=target) for target in as_targets)]  # type: ignore[arg-type]
+            [*body, *(ast.Expr(value=target) for target in as_targets)]
         )
-        as_names: list[str] = []
-        for target in as_targets:
-            as_names.extend(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        # Only a plain name is bound outside the body; other targets (attributes,
+        # tuples) are assigned by the body's first statement.
+        as_names = [t.id for t in as_targets if isinstance(t, ast.Name)]
         mentioned = tuple(
             name
             for name in names
@@ -305,6 +305,7 @@ class CapturedBlock:
                 keywords=[],
             )
         )
+        _located(push, self.node.end_lineno or lineno)
         arguments = ast.arguments(
             posonlyargs=[],
             args=[ast.arg(arg=name) for name in (TRACER_ARG, ENTERED_ARG, *pulled)],
@@ -317,7 +318,7 @@ class CapturedBlock:
         function = ast.FunctionDef(
             name="__endoscope_block__",
             args=arguments,
-            body=[*copy.deepcopy(self._body), _located(push, self.node.end_lineno or lineno)],
+            body=[*copy.deepcopy(self._body), push],
             decorator_list=[],
             returns=None,
             type_comment=None,

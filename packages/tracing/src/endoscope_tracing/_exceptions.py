@@ -3,19 +3,20 @@
 The block is compiled with the caller's filename and original line numbers, so its
 frames already point at the user's code. What remains is to drop endoscope's own
 frames from the traceback (unless ``CONFIG.debug``) and to unlink the control-flow
-:class:`ExitTracingException` from the error's context chain.
+:class:`ExitTracingException` from the error's context chain. Because ``__exit__``
+re-raises the cleaned error with a bare ``raise``, its own frame (stripped along
+with the rest) is not added back: the live traceback holds only the user's frames.
 """
 
 from __future__ import annotations
 
-import sys
+import itertools
 from types import TracebackType
-from typing import Any
 
 from ._config import CONFIG
 from ._frames import is_internal_frame
 
-__all__ = ["clean_exception", "install_excepthook", "strip_internal_frames"]
+__all__ = ["clean_exception", "strip_internal_frames"]
 
 
 def strip_internal_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -25,7 +26,7 @@ def strip_internal_frames(tb: TracebackType | None) -> TracebackType | None:
         if not is_internal_frame(tb.tb_frame):
             kept.append(tb)
         tb = tb.tb_next
-    for current, following in zip(kept, kept[1:]):
+    for current, following in itertools.pairwise(kept):
         current.tb_next = following
     if kept:
         kept[-1].tb_next = None
@@ -51,29 +52,3 @@ def clean_exception(error: BaseException, control: BaseException | None = None) 
             if stripped is not None:  # never leave an error with no location at all
                 current.__traceback__ = stripped
         current = current.__cause__ or current.__context__
-
-
-_installed = False
-
-
-def install_excepthook() -> None:
-    """Hide internal frames of uncaught errors too (idempotent, chains the old hook).
-
-    ``__exit__`` re-raises a block's error, so one internal frame sits between the
-    ``with`` line and the block's lines in the live traceback; this hook removes it
-    when the error reaches the top. pytest and IPython hide it by
-    ``__tracebackhide__`` instead.
-    """
-    global _installed
-    if _installed:
-        return
-    _installed = True
-    previous = sys.excepthook
-
-    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> Any:
-        if not CONFIG.debug:
-            clean_exception(value)
-            tb = value.__traceback__
-        return previous(kind, value, tb)
-
-    sys.excepthook = hook

@@ -16,7 +16,7 @@ Everything here that depends on the CPython version is in this module:
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -100,23 +100,29 @@ def _pass_through(previous: Any) -> Any:
     return trace
 
 
-def skip_body(frame: FrameType) -> None:
+def skip_body(frame: FrameType) -> Callable[[], None]:
     """Make the next instruction run in ``frame`` raise :class:`ExitTracingException`.
 
     Called from ``__enter__`` with the frame of the ``with`` statement; the
-    exception then reaches the matching ``__exit__``.
+    exception then reaches the matching ``__exit__``, which must call the returned
+    function first: CPython drops the global trace function when a trace function
+    raises, so the previous one is put back there, not here.
     """
     previous_global = sys.gettrace()
     previous_local = frame.f_trace
     previous_opcodes = frame.f_trace_opcodes
 
     def leave(traced: FrameType, event: str, arg: Any) -> Any:
-        traced.f_trace = previous_local
         traced.f_trace_opcodes = previous_opcodes
-        sys.settrace(previous_global)
         raise ExitTracingException()
+
+    def restore() -> None:
+        frame.f_trace = previous_local
+        frame.f_trace_opcodes = previous_opcodes
+        sys.settrace(previous_global)
 
     frame.f_trace_opcodes = True
     frame.f_trace = leave
     # Frame-level trace functions only fire while a global one is set.
     sys.settrace(_pass_through(previous_global))
+    return restore

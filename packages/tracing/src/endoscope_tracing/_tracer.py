@@ -21,12 +21,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._block import CapturedBlock
 from ._errors import ExitTracingException
-from ._exceptions import clean_exception, install_excepthook
+from ._exceptions import clean_exception
 from ._frames import skip_body, user_frame, write_locals
 from ._saving import SAVED
 from ._source import read_source
 
-__all__ = ["Backend", "ExecutionBackend", "Info", "Tracer"]
+__all__ = ["Backend", "ExecutionBackend", "Tracer", "TracerInfo"]
 
 # Call-site cache: code object -> instruction offset of the `with` -> parsed block.
 _SITES: weakref.WeakKeyDictionary[CodeType, dict[int, CapturedBlock]] = weakref.WeakKeyDictionary()
@@ -39,7 +39,7 @@ _PRIVATE_PREFIX = "__endoscope_"
 
 
 @dataclass
-class Info:
+class TracerInfo:
     """What capture learned about one run of a traced ``with`` block.
 
     Attributes:
@@ -100,19 +100,20 @@ class Tracer:
         parent: the tracer whose block contains this one, if any.
     """
 
-    Info: ClassVar[type[Info]] = Info
+    Info: ClassVar[type[TracerInfo]] = TracerInfo
     keep_unsaved: ClassVar[bool] = False
 
     def __init__(self, *args: Any, backend: Backend | None = None, **kwargs: Any) -> None:
         self.args = args
         self.kwargs = kwargs
         self.backend: Backend = backend if backend is not None else ExecutionBackend()
-        self.info: Info | None = None
+        self.info: TracerInfo | None = None
         self.parent: Tracer | None = None
         self._entered: Any = self
         self._pulled: dict[str, Any] = {}
         self._body_code: CodeType | None = None
         self._running = False
+        self._restore_trace: Callable[[], None] | None = None
 
     # -- the with statement -------------------------------------------------------
 
@@ -120,7 +121,7 @@ class Tracer:
         frame = user_frame(sys._getframe(1))
         self.capture(frame)
         self._entered = self._enter_value()
-        skip_body(frame)
+        self._restore_trace = skip_body(frame)
         return self._entered
 
     def _enter_value(self) -> Any:
@@ -131,11 +132,18 @@ class Tracer:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
     ) -> bool:
         __tracebackhide__ = True  # pytest and IPython hide this frame
+        restore, self._restore_trace = self._restore_trace, None
+        if restore is not None:
+            restore()
         if kind is None or not issubclass(kind, ExitTracingException):
             # The body was not skipped (someone cleared the trace function) or an
             # unrelated error: behave like an ordinary context manager.
             return False
-        install_excepthook()
+        info = self._require_info()
+        if info.block.as_names:
+            # The skip fired before the `as` target was stored; bind it now so it
+            # exists whatever the backend does with the body.
+            write_locals(info.frame, dict.fromkeys(info.block.as_names[:1], self._entered))
         SAVED.enter()
         try:
             self.backend(self)
@@ -154,7 +162,7 @@ class Tracer:
 
     # -- the four steps -------------------------------------------------------------
 
-    def capture(self, frame: FrameType | None = None) -> Info:
+    def capture(self, frame: FrameType | None = None) -> TracerInfo:
         """Step 1: find the ``with`` block being entered in ``frame`` and its source.
 
         The source is read and parsed (step 2, :meth:`parse`) only the first time a
@@ -177,7 +185,7 @@ class Tracer:
             block = self.parse(read_source(frame), frame)
             with _SITES_LOCK:
                 _SITES.setdefault(code, {})[offset] = block
-        self.info = Info(
+        self.info = TracerInfo(
             source=block.source,
             frame=frame,
             start_line=block.start_line,
@@ -255,7 +263,7 @@ class Tracer:
             }
         write_locals(info.frame, changed)
 
-    def _require_info(self) -> Info:
+    def _require_info(self) -> TracerInfo:
         if self.info is None:
             raise RuntimeError(
                 f"{type(self).__name__} has not captured a block yet: use it in a `with` statement."

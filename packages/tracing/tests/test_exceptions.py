@@ -1,0 +1,106 @@
+"""Errors in a traced block: original type, the user's file and line, no internals."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+from endoscope_tracing import CONFIG, Tracer, clean_exception, save
+
+
+def test_type_and_location_are_kept() -> None:
+    with pytest.raises(KeyError) as caught:
+        with Tracer():
+            data = {"a": 1}
+            data["missing"]
+    error = caught.value
+    assert type(error) is KeyError
+    assert error.__context__ is None  # the control-flow exception is unlinked
+    frames = traceback.extract_tb(error.__traceback__)
+    assert frames[-1].filename == __file__
+    assert frames[-1].line == 'data["missing"]'
+    assert not [f for f in frames if "endoscope_tracing" in f.filename]
+    assert [f.name for f in frames] == ["test_type_and_location_are_kept"] * 2
+
+
+def test_user_context_is_preserved() -> None:
+    with pytest.raises(ValueError) as caught:
+        with Tracer():
+            try:
+                {}["x"]
+            except KeyError:
+                raise ValueError("while handling") from None
+    assert caught.value.__suppress_context__
+    with pytest.raises(ValueError) as caught:
+        with Tracer():
+            try:
+                {}["x"]
+            except KeyError:
+                raise ValueError("while handling")  # noqa: B904
+    assert isinstance(caught.value.__context__, KeyError)
+
+
+def test_error_in_a_function_called_from_the_block() -> None:
+    def helper() -> None:
+        raise RuntimeError("inner")
+
+    with pytest.raises(RuntimeError) as caught:
+        with Tracer():
+            helper()
+    names = [f.name for f in traceback.extract_tb(caught.value.__traceback__)]
+    assert names[-2:] == ["test_error_in_a_function_called_from_the_block", "helper"]
+
+
+SCRIPT = """\
+from endoscope_tracing import Tracer
+
+def main():
+    values = [1, 2]
+    with Tracer():
+        print(values[5])
+
+main()
+"""
+
+
+def test_uncaught_traceback_shows_only_user_lines(write_script, run_python) -> None:
+    path = write_script(SCRIPT)
+    result = run_python(str(path))
+    assert result.returncode == 1
+    assert "IndexError: list index out of range" in result.stderr
+    assert f'File "{path}", line 6, in main' in result.stderr
+    assert "print(values[5])" in result.stderr
+    assert "endoscope_tracing" not in result.stderr
+
+
+def test_debug_flag_shows_internal_frames(write_script, run_python) -> None:
+    path = write_script(SCRIPT)
+    result = run_python(str(path), env={"ENDOSCOPE_DEBUG": "1"})
+    assert result.returncode == 1
+    assert "endoscope_tracing" in result.stderr
+    assert f'File "{path}", line 6, in main' in result.stderr
+
+
+def test_debug_flag_in_code_keeps_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CONFIG, "debug", True)
+    with pytest.raises(ZeroDivisionError) as caught:
+        with Tracer():
+            1 / 0
+    files = [f.filename for f in traceback.extract_tb(caught.value.__traceback__)]
+    assert sum("endoscope_tracing" in f for f in files) > 1
+
+
+def test_clean_exception_never_leaves_an_error_without_location() -> None:
+    error = RuntimeError("x")
+    clean_exception(error)
+    assert error.__traceback__ is None
+
+
+def test_block_can_still_save_after_a_caught_error() -> None:
+    with Tracer():
+        try:
+            raise ValueError
+        except ValueError:
+            caught = save(True)
+    assert caught

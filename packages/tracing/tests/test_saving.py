@@ -1,0 +1,56 @@
+"""save() and the saved-value registry."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from endoscope_tracing import SAVED, Tracer, save
+
+
+class Blob:
+    pass
+
+
+def test_save_outside_a_trace_is_identity_and_keeps_nothing() -> None:
+    value = Blob()
+    assert save(value) is value
+    assert len(SAVED) == 0
+
+
+def test_marks_are_released_after_the_outermost_trace() -> None:
+    with Tracer():
+        kept = save(Blob())
+        with Tracer():
+            save(Blob())
+    assert isinstance(kept, Blob)
+    assert len(SAVED) == 0
+    assert not SAVED.active
+
+
+def test_unsaved_values_are_freed() -> None:
+    refs: list[weakref.ref] = []
+    with Tracer():
+        temporary = Blob()
+        refs.append(weakref.ref(temporary))
+    gc.collect()
+    assert refs[0]() is None
+
+
+def test_saved_identity_not_equality() -> None:
+    with Tracer():
+        a = save([1])
+        b = [1]
+        is_a, is_b = save(a in SAVED), save(b in SAVED)
+    assert a == [1]
+    assert (is_a, is_b) == (True, False)
+
+
+def test_marks_released_even_when_the_block_fails() -> None:
+    try:
+        with Tracer():
+            save(Blob())
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert len(SAVED) == 0

@@ -1,0 +1,291 @@
+"""Tracer: the four steps, variables in and out, saving, nesting, backends, the cache."""
+
+from __future__ import annotations
+
+import contextlib
+import runpy
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from endoscope_tracing import SAVED, Tracer, TracerInfo, read_source, save
+
+
+class KeepAll(Tracer):
+    keep_unsaved = True
+
+
+def test_body_runs_once_with_caller_locals() -> None:
+    calls: list[int] = []
+    base = 20
+    with Tracer():
+        calls.append(base + 1)
+    assert calls == [21]
+
+
+def test_saved_values_survive_and_unsaved_do_not_leak() -> None:
+    kept = "before"
+    with Tracer():
+        result = save([1, 2, 3])
+        temporary = "not saved"
+        kept = "rebound but not saved"
+    assert result == [1, 2, 3]
+    assert "temporary" not in locals()
+    assert kept == "before"
+    assert len(SAVED) == 0  # marks are released when the outermost trace ends
+
+
+def test_keep_unsaved_pushes_every_assignment() -> None:
+    with KeepAll():
+        a = 1
+        b = a + 1
+    assert (a, b) == (1, 2)
+
+
+def test_as_target_is_bound_to_the_tracer() -> None:
+    with Tracer() as tracer:
+        inside = save(tracer)
+    assert inside is tracer
+    assert isinstance(tracer, Tracer)
+    assert isinstance(tracer.info, TracerInfo)
+    assert tracer.info.filename == __file__
+
+
+def test_info_describes_the_block() -> None:
+    with Tracer() as tracer:
+        x = save(1)
+        y = save(2)
+    info = tracer.info
+    assert info is not None
+    assert info.start_line == info.node.lineno + 1
+    assert [line.strip() for line in info.source] == ["x = save(1)", "y = save(2)"]
+    assert (x, y) == (1, 2)
+
+
+def test_one_line_with_statement() -> None:
+    with Tracer(): value = save(41 + 1)  # fmt: skip
+    assert value == 42
+
+
+def test_closures_inside_the_block_see_pulled_and_new_variables() -> None:
+    scale = 3
+    with Tracer():
+        offset = 1
+        fns = save([lambda v, i=i: v * scale + offset + i for i in range(3)])
+        total = save(sum(f(1) for f in fns))
+    assert [f(2) for f in fns] == [7, 8, 9]
+    assert total == 4 + 5 + 6
+
+
+def test_cell_variables_of_the_caller_are_updated() -> None:
+    x = 1
+
+    def get() -> int:
+        return x
+
+    with Tracer():
+        x = save(2)
+    assert (x, get()) == (2, 2)
+
+
+def test_nonlocal_in_the_block_writes_the_enclosing_variable() -> None:
+    counter = 0
+
+    def bump() -> None:
+        nonlocal counter
+        with Tracer():
+            counter = save(counter + 5)
+
+    bump()
+    bump()
+    assert counter == 10
+
+
+def test_global_declared_in_the_block() -> None:
+    with Tracer():
+        global GLOBAL_FROM_BLOCK
+        GLOBAL_FROM_BLOCK = 99
+    assert GLOBAL_FROM_BLOCK == 99  # type: ignore[name-defined]
+
+
+def test_method_and_self() -> None:
+    class Model:
+        factor = 4
+
+        def run(self, v: int) -> int:
+            with Tracer():
+                out = save(v * self.factor)
+            return out
+
+    assert Model().run(3) == 12
+
+
+def test_class_body() -> None:
+    class Config:
+        base = 2
+        with Tracer():
+            doubled = save(base * 2)
+
+    assert Config.doubled == 4
+
+
+def test_loop_reuses_the_call_site() -> None:
+    reads_before = read_source.reads
+    parses: list[int] = []
+    original = Tracer.parse
+
+    def counting_parse(self: Tracer, *args: Any) -> Any:
+        parses.append(1)
+        return original(self, *args)
+
+    Tracer.parse = counting_parse  # type: ignore[method-assign]
+    try:
+        seen = []
+        for i in range(50):
+            with Tracer():
+                item = save(i * i)
+            seen.append(item)
+    finally:
+        Tracer.parse = original  # type: ignore[method-assign]
+    assert seen == [i * i for i in range(50)]
+    assert read_source.reads - reads_before == 1
+    assert len(parses) == 1
+
+
+def test_generator_function() -> None:
+    def gen():
+        for i in range(3):
+            with Tracer():
+                v = save(i + 10)
+            yield v
+
+    assert list(gen()) == [10, 11, 12]
+
+
+def test_in_a_worker_thread() -> None:
+    out: list[int] = []
+
+    def work() -> None:
+        with Tracer():
+            v = save(7)
+        out.append(v)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert out == [7]
+
+
+@contextlib.contextmanager
+def flag(state: dict[str, bool]):
+    state["on"] = True
+    try:
+        yield "flag"
+    finally:
+        state["on"] = False
+
+
+def test_tracer_last_of_several_items() -> None:
+    state = {"on": False}
+    with flag(state) as name, Tracer():
+        seen = save((name, state["on"]))
+    assert seen == ("flag", True)
+    assert state["on"] is False
+
+
+def test_nested_tracers_flow_locals_to_parent() -> None:
+    with Tracer():
+        with Tracer():
+            inner_saved = save(7)
+            inner_plain = 8
+        combined = save(inner_saved + inner_plain)
+    assert (inner_saved, combined) == (7, 15)
+    assert "inner_plain" not in locals()
+
+
+def test_three_levels_of_nesting() -> None:
+    with Tracer():
+        a = 1
+        with Tracer():
+            b = a + 1
+            with Tracer():
+                c = save(a + b + 1)
+        d = save(c + b)
+    assert (c, d) == (4, 6)
+
+
+class RecordingBackend:
+    def __init__(self) -> None:
+        self.tracers: list[Tracer] = []
+
+    def __call__(self, tracer: Tracer) -> None:
+        self.tracers.append(tracer)
+
+
+def test_custom_backend_decides_whether_the_body_runs() -> None:
+    backend = RecordingBackend()
+    ran: list[int] = []
+    with Tracer(backend=backend) as tracer:
+        ran.append(1)
+    assert ran == []
+    assert backend.tracers == [tracer]
+
+
+def test_deferred_body_pushes_through_its_finished_parent() -> None:
+    # The envoy's pattern: invokes are compiled while the trace body runs and
+    # executed after it returned, still inside the trace's __exit__.
+    deferred: list[tuple[Tracer, Any]] = []
+
+    def defer(tracer: Tracer) -> None:
+        deferred.append((tracer, tracer.compile()))
+
+    def run_then_drain(tracer: Tracer) -> None:
+        tracer.execute(tracer.compile())
+        assert not tracer._running
+        for child, fn in deferred:
+            child.execute(fn)
+
+    with Tracer(backend=run_then_drain):
+        prompt = "hello"
+        with Tracer(backend=defer):
+            shout = save(prompt.upper())
+            scratch = 1
+        early = save("shout" in locals())
+    assert early is False  # the deferred body had not run yet
+    assert shout == "HELLO"
+    assert "scratch" not in locals()
+
+
+def test_module_level_block(write_script) -> None:
+    path = write_script(
+        """
+        from endoscope_tracing import Tracer, save
+        numbers = [1, 2, 3]
+        with Tracer() as tracer:
+            doubled = save([n * 2 for n in numbers])
+            unsaved = 1
+        """
+    )
+    namespace = runpy.run_path(str(path))
+    assert namespace["doubled"] == [2, 4, 6]
+    assert "unsaved" not in namespace
+    assert isinstance(namespace["tracer"], Tracer)
+
+
+def test_enter_outside_a_with_statement_is_an_error() -> None:
+    from endoscope_tracing import WithBlockNotFoundError
+
+    tracer = Tracer()
+    with pytest.raises(WithBlockNotFoundError, match="`with` statement"):
+        tracer.__enter__()
+
+
+def test_requires_capture_before_compile() -> None:
+    with pytest.raises(RuntimeError, match="use it in a `with` statement"):
+        Tracer().compile()
+
+
+def test_source_file_for_this_module_is_real() -> None:
+    assert Path(__file__).exists()
