@@ -1,0 +1,498 @@
+"""Interleaver: runs mediators beside a computation and serves them values.
+
+Usage (what a caller such as endoscope-envoy does)::
+
+    interleaver = Interleaver([Mediator(intervention_a), Mediator(intervention_b)])
+    with interleaver:                      # start every intervention
+        output = model(inputs)             # hooks call interleaver.handle(...)
+    # leaving the block: pending requests fail loudly, workers and hooks are gone
+
+Hooks inside the computation call ``value = interleaver.handle(provider, value)``.
+The first thing ``handle`` does is one dict lookup: a provider nobody waits for
+returns at once. Only when a mediator waits for it does the slow path run, serving
+the waiting mediators in their fixed order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from ._errors import EarlyStopException, MissedProviderError, OutOfOrderError, SkipException
+from ._mediator import HookHandle, Mediator
+from ._scheduler import Scheduler, default_scheduler
+
+__all__ = ["Barrier", "Batcher", "Interleaver"]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Batcher(Protocol):
+    """Maps whole values to a mediator's share of them and back.
+
+    The interleaver never looks inside values; when several mediators share one
+    batched computation, a batcher (endoscope-envoy's torch batcher, for one) does
+    the slicing. It is only called for mediators whose ``batch_group`` is not
+    ``None``; the others see and replace whole values.
+    """
+
+    def narrow(self, value: Any, batch_group: Any) -> Any:
+        """Return the part of ``value`` that belongs to ``batch_group``."""
+        ...
+
+    def swap(self, value: Any, replacement: Any, batch_group: Any) -> Any:
+        """Return ``value`` with ``batch_group``'s part replaced by ``replacement``.
+
+        May build a new object or edit ``value`` in place and return it.
+        """
+        ...
+
+
+def _split_iteration(requester: str) -> tuple[str, int] | None:
+    """``"a.output.i3"`` -> ``("a.output", 3)``; ``None`` without an iteration suffix."""
+    base, sep, tail = requester.rpartition(".i")
+    if sep and tail.isdigit():
+        return base, int(tail)
+    return None
+
+
+class _Everything(dict[str, int]):
+    """A wanted-set that contains every provider: sends all handle() calls to the
+    slow path, which is how a stop requested before the first provider is honoured
+    without a per-call flag check on the fast path."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+class Barrier:
+    """A rendezvous for ``participants`` mediators of one run.
+
+    Created with :meth:`Interleaver.barrier`; calling it from inside an
+    intervention blocks that intervention until ``participants`` of them have
+    called it. They are then released in mediator order, at the provider where
+    the last one arrived, so values one of them set there are visible to the next.
+    """
+
+    def __init__(self, interleaver: Interleaver, participants: int) -> None:
+        if participants < 1:
+            raise ValueError(f"a barrier needs at least 1 participant, got {participants}")
+        self.interleaver = interleaver
+        self.participants = participants
+        self._arrived: list[Mediator] = []
+
+    def __repr__(self) -> str:
+        return f"<Barrier {len(self._arrived)}/{self.participants}>"
+
+    def __call__(self) -> None:
+        """Wait here until every participant arrives (call from an intervention)."""
+        mediator = self.interleaver.current
+        if mediator is None:
+            raise RuntimeError("call a barrier from inside an intervention, not from outside")
+        mediator.barrier(self)
+
+    def _arrive(self, mediator: Mediator, provider: str | None) -> None:
+        mediator._barrier = self
+        self._arrived.append(mediator)
+        if len(self._arrived) < self.participants:
+            return
+        released = sorted(self._arrived, key=lambda m: m.index)
+        self._arrived = []
+        for participant in released:
+            participant._barrier = None
+        for participant in released:
+            if participant.alive:
+                participant.respond(None)
+                participant._process(provider)
+
+    def _leave(self, mediator: Mediator) -> None:
+        if mediator in self._arrived:
+            self._arrived.remove(mediator)
+
+    def _missed(self) -> MissedProviderError:
+        return MissedProviderError(
+            "barrier",
+            f"A barrier for {self.participants} interventions was reached by only "
+            f"{len(self._arrived) + 1} of them before the run ended.",
+            "Every intervention that shares a barrier must call it; check that each "
+            "one reaches the call, or lower the number of participants.",
+        )
+
+
+class Interleaver:
+    """Coordinates a computation with the interventions that watch and edit it.
+
+    Args:
+        mediators: the interventions of the next run, in the order they are served.
+        batcher: slices values for mediators with a ``batch_group`` (see :class:`Batcher`).
+        scheduler: how workers run; :func:`default_scheduler` when omitted.
+        tracer: whatever created this interleaver, kept for callers' convenience.
+
+    Attributes:
+        mediators: the mediators of the current (or next) run.
+        current: the mediator whose worker is running right now, else ``None``.
+        calls: per provider path, how many times it was handled with
+            ``iterate=True`` in this run (the next call's ``.iN``).
+        hooks: run-level hook handles, removed when the run ends.
+    """
+
+    def __init__(
+        self,
+        mediators: Iterable[Mediator] = (),
+        *,
+        batcher: Batcher | None = None,
+        scheduler: Scheduler | None = None,
+        tracer: Any = None,
+    ) -> None:
+        self.scheduler: Scheduler = scheduler if scheduler is not None else default_scheduler()
+        self.mediators: list[Mediator] = []
+        self.batcher: Batcher | None = None
+        self.tracer: Any = None
+        self.current: Mediator | None = None
+        self.calls: Counter[str] = Counter()
+        self.hooks: list[HookHandle] = []
+        self._hook_keys: set[Hashable] = set()
+        self._history: set[str] = set()
+        self._wanted: dict[str, int] = {}
+        self._live: list[Mediator] = []
+        self._provider: str | None = None
+        self._value: Any = None
+        self._skips: list[tuple[Any, Any]] | None = None
+        self._interleaving = False
+        self._ended = False
+        self._stopping = False
+        self.initialize(mediators, batcher=batcher, tracer=tracer)
+
+    def __repr__(self) -> str:
+        state = "interleaving" if self._interleaving else "idle"
+        return f"<Interleaver {state} mediators={len(self.mediators)} {self.scheduler!r}>"
+
+    def initialize(
+        self, mediators: Iterable[Mediator], *, batcher: Batcher | None = None, tracer: Any = None
+    ) -> None:
+        """Set the mediators, batcher and tracer for the next run."""
+        if self._interleaving:
+            raise RuntimeError("cannot re-initialize an interleaver while it is running")
+        self.mediators = list(mediators)
+        for index, mediator in enumerate(self.mediators):
+            mediator.index = index
+        self.batcher = batcher
+        self.tracer = tracer
+
+    @property
+    def interleaving(self) -> bool:
+        """Whether a run is in progress (between ``__enter__`` and ``__exit__``)."""
+        return self._interleaving
+
+    @property
+    def history(self) -> set[str]:
+        """Every provider string that went by in this run (built on demand)."""
+        seen = set(self._history)
+        for base, count in self.calls.items():
+            seen.update(f"{base}.i{n}" for n in range(count))
+        return seen
+
+    # -------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Interleaver:
+        """Start every mediator; each runs up to its first request."""
+        if self._interleaving:
+            raise RuntimeError("this interleaver is already running; runs cannot nest")
+        self._reset()
+        self._interleaving = True
+        try:
+            self._live = list(self.mediators)
+            for mediator in self.mediators:
+                if self._stopping:
+                    self._live.remove(mediator)
+                    continue
+                mediator.start(self)
+                try:
+                    mediator._process(None)
+                except EarlyStopException:
+                    self._stop_before_start()
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        """End the run: pending requests fail (if the computation finished), workers
+        are canceled, hooks removed. An :class:`EarlyStopException` is absorbed."""
+        try:
+            if exc is None and not self._stopping:
+                try:
+                    self._end()
+                except EarlyStopException:
+                    pass
+        finally:
+            self._teardown()
+        return exc is not None and isinstance(exc, EarlyStopException)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run ``fn(*args, **kwargs)`` inside this interleaver.
+
+        Returns:
+            ``fn``'s result, or ``None`` if an intervention stopped it early.
+        """
+        with self:
+            return fn(*args, **kwargs)
+        return None
+
+    def cancel(self) -> None:
+        """Cancel every mediator and remove every hook (mediators' and run-level)."""
+        errors: list[BaseException] = []
+        for mediator in self.mediators:
+            try:
+                mediator.cancel()
+            except BaseException as error:
+                errors.append(error)
+        hooks, self.hooks = self.hooks, []
+        self._hook_keys.clear()
+        for handle in hooks:
+            try:
+                handle.remove()
+            except Exception as error:
+                errors.append(error)
+        self._live = []
+        self._wanted = {}
+        if errors:
+            raise errors[0]
+
+    def _reset(self) -> None:
+        self.current = None
+        self.calls = Counter()
+        self._history = set()
+        self._wanted = {}
+        self._live = []
+        self._provider = None
+        self._value = None
+        self._skips = None
+        self._ended = False
+        self._stopping = False
+
+    def _teardown(self) -> None:
+        try:
+            self.cancel()
+        finally:
+            self._reset()
+            self._interleaving = False
+
+    def _stop_before_start(self) -> None:
+        self._stopping = True
+        self._wanted = _Everything()
+
+    def _end(self) -> None:
+        """The computation finished: every request still pending has been missed."""
+        self._ended = True
+        self._provider = None
+        self._value = None
+        # Interventions waiting on a provider first: a barrier is usually missed
+        # because a partner failed, and the partner's error is the useful one.
+        pending = sorted(self._live, key=lambda m: (m._barrier is not None, m.index))
+        for mediator in pending:
+            if mediator.alive:
+                self._unwait(mediator)
+                if mediator._barrier is not None:
+                    mediator._barrier._leave(mediator)
+                    mediator._barrier = None
+                mediator._process(None)
+
+    # ---------------------------------------------------------------- serving
+
+    def handle(self, provider: str, value: Any, iterate: bool = False) -> Any:
+        """Provide ``value`` as ``provider`` to every mediator waiting for it.
+
+        Called from the computation's hooks. Waiting mediators are served in
+        their fixed order; each may read the value, replace it (a later mediator
+        sees the replacement), skip, or wait at a barrier.
+
+        Args:
+            provider: the provider string, e.g. ``model.fc.output.i0``. With
+                ``iterate=True`` give the path without the iteration suffix
+                (``model.fc.output``): the interleaver numbers the calls of each
+                path in a run (``.i0``, ``.i1``, ... from :attr:`calls`).
+            value: the value computed at this point.
+            iterate: whether the interleaver numbers this provider's calls.
+
+        Returns:
+            The value to continue with: ``value`` itself, or a replacement.
+
+        Raises:
+            SkipException: an intervention asked to skip this point.
+            EarlyStopException: an intervention stopped the computation.
+            BaseException: whatever an intervention raised, with its traceback.
+        """
+        if iterate:
+            calls = self.calls
+            count = calls[provider]
+            if provider not in self._wanted:
+                calls[provider] = count + 1
+                return value
+            try:
+                return self._serve(f"{provider}.i{count}", value, None)
+            finally:
+                calls[provider] = count + 1
+        if provider not in self._wanted:
+            self._history.add(provider)
+            return value
+        return self._serve(provider, value, None)
+
+    def _serve(self, provider: str, value: Any, only: Mediator | None) -> Any:
+        if self._stopping:
+            raise EarlyStopException("stopped before the computation reached a provider")
+        self._history.add(provider)
+        # Save and restore: a hook may fire while an intervention runs (a module
+        # called from intervention code), nesting one serve inside another.
+        saved = (self._provider, self._value, self._skips)
+        self._provider, self._value, self._skips = provider, value, None
+        try:
+            for mediator in (only,) if only is not None else tuple(self._live):
+                if mediator.waiting == provider:
+                    self._unwait(mediator)
+                    mediator._process(provider)
+            value, skips = self._value, self._skips
+        except EarlyStopException:
+            self._stopping = True
+            raise
+        finally:
+            self._provider, self._value, self._skips = saved
+        if skips:
+            raise SkipException(skips)
+        return value
+
+    def iterate_requester(self, requester: str) -> str:
+        """Append the iteration suffix to ``requester`` for the current mediator.
+
+        Inside an explicit iteration context (``mediator.iteration`` is set) that
+        iteration is used; otherwise the mediator's
+        ``iteration_tracker[requester]``, which is 0 unless something advanced it
+        (:meth:`advance`, or a caller's own iteration hooks). So in a plain run
+        every read means the first call, and reading a point after it ran is an
+        :class:`OutOfOrderError`.
+        """
+        mediator = self.current
+        if mediator is None:
+            return f"{requester}.i0"
+        iteration = mediator.iteration
+        if iteration is None:
+            iteration = mediator.iteration_tracker[requester]
+        return f"{requester}.i{iteration}"
+
+    def advance(self, path: str, by: int = 1) -> None:
+        """Move every running mediator's ``iteration_tracker[path]`` forward.
+
+        Reads of ``path`` outside an iteration context then mean a later call.
+        :meth:`eproperty.provide` advances after each provided value.
+        """
+        for mediator in self._live:
+            mediator.iteration_tracker[path] += by
+
+    def ran(self, requester: str) -> bool:
+        """Whether the provider ``requester`` asks for already went by in this run."""
+        if requester in self._history:
+            return True
+        split = _split_iteration(requester)
+        return split is not None and self.calls[split[0]] > split[1]
+
+    def barrier(self, participants: int) -> Barrier:
+        """Create a :class:`Barrier` for ``participants`` interventions."""
+        return Barrier(self, participants)
+
+    def ensure_hook(self, key: Hashable, install: Callable[[], HookHandle]) -> bool:
+        """Install a run-level hook once per run; it is removed when the run ends.
+
+        For callers that hook providers on demand: several mediators asking for
+        the same provider must not install the same hook twice (the provider
+        would be served, and counted, twice per call).
+
+        Args:
+            key: identifies the hook, e.g. ``(module_id, "output")``.
+            install: registers the hook and returns its handle.
+
+        Returns:
+            ``True`` if ``install`` ran, ``False`` if the key was already hooked.
+        """
+        if key in self._hook_keys:
+            return False
+        self.hooks.append(install())
+        self._hook_keys.add(key)
+        return True
+
+    # ------------------------------------------------- used by mediators
+
+    def _narrow(self, mediator: Mediator) -> Any:
+        batch_group = mediator.batch_group
+        if batch_group is None or self.batcher is None:
+            return self._value
+        return self.batcher.narrow(self._value, batch_group)
+
+    def _swap(self, mediator: Mediator, value: Any) -> None:
+        batch_group = mediator.batch_group
+        if batch_group is None or self.batcher is None:
+            self._value = value
+        else:
+            self._value = self.batcher.swap(self._value, value, batch_group)
+
+    def _skip(self, mediator: Mediator, value: Any) -> None:
+        if self._skips is None:
+            self._skips = []
+        self._skips.append((mediator.batch_group, value))
+
+    def _wait(self, mediator: Mediator, requester: str) -> None:
+        mediator.waiting = requester
+        wanted = self._wanted
+        wanted[requester] = wanted.get(requester, 0) + 1
+        split = _split_iteration(requester)
+        if split is not None:
+            # handle(..., iterate=True) looks up the path without its suffix.
+            wanted[split[0]] = wanted.get(split[0], 0) + 1
+
+    def _unwait(self, mediator: Mediator) -> None:
+        requester = mediator.waiting
+        if requester is None:
+            return
+        mediator.waiting = None
+        keys = [requester]
+        split = _split_iteration(requester)
+        if split is not None:
+            keys.append(split[0])
+        wanted = self._wanted
+        for key in keys:
+            count = wanted.get(key, 0) - 1
+            if count > 0:
+                wanted[key] = count
+            else:
+                wanted.pop(key, None)
+
+    def _finish(self, mediator: Mediator) -> None:
+        self._unwait(mediator)
+        if mediator in self._live:
+            self._live.remove(mediator)
+        mediator.remove_hooks()
+
+    def _missed(self, requester: str) -> MissedProviderError:
+        split = _split_iteration(requester)
+        ran = ""
+        if split is not None:
+            count = self.calls[split[0]]
+            if count:
+                ran = f" ({split[0]} ran {count} time{'s' if count != 1 else ''}: i0..i{count - 1})"
+        return MissedProviderError(
+            requester,
+            f"{requester} was requested, but the computation ended without providing it{ran}.",
+            "Check that this point runs in the computation (is the module called? does "
+            "the iteration exist? did stop() end the run first?).",
+        )
+
+    def _out_of_order(self, requester: str, provider: str | None) -> OutOfOrderError:
+        now = f"it is now at {provider}" if provider is not None else "it has finished"
+        return OutOfOrderError(
+            requester,
+            provider,
+            f"{requester} was requested after the computation had already run it; {now}.",
+            "Request values in the order the computation produces them: move this line "
+            "before the request for a later point, or read it in another invoke or trace.",
+        )
