@@ -66,29 +66,30 @@ PACKAGES: tuple[Package, ...] = (
 def _use_pyenv_interpreters() -> None:
     """Make every installed pyenv 3.10-3.13 resolvable as ``python3.X``.
 
-    Only 3.11 is active on the project's machines; without this nox would skip
-    (or, with ``CI=true``, fail on) the other interpreters.
+    Only 3.11 is active on the project's machines (pyenv's shim even exports
+    ``PYENV_VERSION=3.11.7`` to nox); without this nox would skip, or with
+    ``CI=true`` fail on, the other interpreters.
     """
-    if os.environ.get("PYENV_VERSION") or shutil.which("pyenv") is None:
+    if shutil.which("pyenv") is None:
         return
     try:
-        out = subprocess.run(
+        installed = subprocess.run(
             ["pyenv", "versions", "--bare"], capture_output=True, text=True, check=True
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return
-    chosen: list[str] = []
+    current = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
     for minor in STDLIB_PYTHONS:
+        if any(v.startswith(minor + ".") for v in current):
+            continue
         matches = sorted(
-            (v for v in out if v.startswith(minor + ".") and v.replace(".", "").isdigit()),
+            (v for v in installed if v.startswith(minor + ".") and v.replace(".", "").isdigit()),
             key=lambda v: tuple(int(p) for p in v.split(".")),
         )
         if matches:
-            chosen.append(matches[-1])
-    # 3.11 first: it is the interpreter that has the torch wheel.
-    chosen.sort(key=lambda v: not v.startswith("3.11."))
-    if chosen:
-        os.environ["PYENV_VERSION"] = ":".join(chosen)
+            current.append(matches[-1])
+    if current:
+        os.environ["PYENV_VERSION"] = ":".join(current)
 
 
 _use_pyenv_interpreters()

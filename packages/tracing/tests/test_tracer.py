@@ -65,7 +65,7 @@ def test_info_describes_the_block() -> None:
 
 
 def test_one_line_with_statement() -> None:
-    with Tracer(): value = save(41 + 1)  # fmt: skip
+    with Tracer(): value = save(41 + 1)  # fmt: skip  # noqa: E701
     assert value == 42
 
 

@@ -5,18 +5,24 @@ frames already point at the user's code. What remains is to drop endoscope's own
 frames from the traceback (unless ``CONFIG.debug``) and to unlink the control-flow
 :class:`ExitTracingException` from the error's context chain. Because ``__exit__``
 re-raises the cleaned error with a bare ``raise``, its own frame (stripped along
-with the rest) is not added back: the live traceback holds only the user's frames.
+with the rest) is not added back on 3.11+: the live traceback holds only the
+user's frames. CPython 3.10 re-raises the traceback saved when the error was
+caught, whose head is ``__exit__``'s own frame; there :func:`install_excepthook`
+hides that one frame when the error goes uncaught (pytest and IPython honour
+``__tracebackhide__`` instead).
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from types import TracebackType
+from typing import Any
 
 from ._config import CONFIG
 from ._frames import is_internal_frame
 
-__all__ = ["clean_exception", "strip_internal_frames"]
+__all__ = ["clean_exception", "install_excepthook", "strip_internal_frames"]
 
 
 def strip_internal_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -52,3 +58,23 @@ def clean_exception(error: BaseException, control: BaseException | None = None) 
             if stripped is not None:  # never leave an error with no location at all
                 current.__traceback__ = stripped
         current = current.__cause__ or current.__context__
+
+
+_installed = False
+
+
+def install_excepthook() -> None:
+    """Hide internal frames of uncaught errors (idempotent; chains the previous hook)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> Any:
+        if not CONFIG.debug:
+            clean_exception(value)
+            tb = value.__traceback__
+        return previous(kind, value, tb)
+
+    sys.excepthook = hook

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._block import CapturedBlock
 from ._errors import ExitTracingException
-from ._exceptions import clean_exception
+from ._exceptions import clean_exception, install_excepthook
 from ._frames import skip_body, user_frame, write_locals
 from ._saving import SAVED
 from ._source import read_source
@@ -149,6 +149,11 @@ class Tracer:
             self.backend(self)
         except BaseException as failure:
             clean_exception(failure, control=error)
+            if _RERAISE_KEEPS_CAUGHT_TRACEBACK:
+                caught = sys.exc_info()[2]
+                if caught is not None and failure.__traceback__ is not caught:
+                    caught.tb_next = failure.__traceback__
+                install_excepthook()
             raise
         finally:
             SAVED.exit()
@@ -272,3 +277,5 @@ class Tracer:
 
 
 _ABSENT = object()
+# 3.10's bare `raise` restores the traceback saved when the error was caught.
+_RERAISE_KEEPS_CAUGHT_TRACEBACK = sys.version_info < (3, 11)
