@@ -1,0 +1,260 @@
+"""``Cache``: filters, transforms and stores the values hooks report, in memory or on disk."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from ._cachedict import CacheDict
+from ._entry import Entry, EntryList
+from ._nested import map_tensors
+from ._shards import DEFAULT_SHARD_SIZE, ShardWriter
+
+__all__ = ["Cache", "parse_provider"]
+
+# Parsed providers kept per cache; a long generation can make many distinct strings,
+# so the memo is dropped and rebuilt past this size rather than growing forever.
+_MEMO_LIMIT = 1 << 16
+_MISSING: Any = object()
+# What a parsed provider says: module path, "output" or "inputs", call number.
+Target = tuple[str, str, "int | None"]
+
+
+def parse_provider(provider: str) -> Target | None:
+    """Split ``<module path>.<input|output>.i<iteration>`` into its parts.
+
+    The iteration suffix may be left out (``"model.fc.output"``): the value then goes
+    to the module's latest call. Paths through ``.source.`` name operations inside a
+    forward, not modules, and are not cache entries.
+
+    Args:
+        provider: the provider string a hook reports.
+
+    Returns:
+        ``(module_path, "output" | "inputs", iteration)``, or None when the string does
+        not name a module's input or output.
+    """
+    head, dot, tail = provider.rpartition(".")
+    iteration: int | None = None
+    if dot and tail[:1] == "i" and tail[1:].isascii() and tail[1:].isdigit():
+        iteration = int(tail[1:])
+        path, dot, key = head.rpartition(".")
+    else:
+        path, key = head, tail
+    if not dot or not path or ".source." in path:
+        return None
+    if key == "output":
+        return path, "output", iteration
+    if key == "input":
+        return path, "inputs", iteration
+    return None
+
+
+def _as_inputs(value: Any) -> tuple[Any, Any]:
+    """Normalise a module's inputs to ``(args, kwargs)``.
+
+    Hooks report ``(args, kwargs)``; a bare tuple is taken as positional arguments
+    and any other value as the single positional argument.
+    """
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], (tuple, list))
+        and isinstance(value[1], dict)
+    ):
+        return value
+    if isinstance(value, tuple):
+        return value, {}
+    return (value,), {}
+
+
+def _module_paths(modules: Any) -> frozenset[str] | None:
+    if modules is None:
+        return None
+    if isinstance(modules, str) or hasattr(modules, "path"):
+        modules = [modules]  # a single path; iterating a str would give its characters
+    paths = set()
+    for module in modules:
+        if isinstance(module, str):
+            paths.add(module)
+        elif isinstance(getattr(module, "path", None), str):
+            paths.add(module.path)
+        else:
+            raise TypeError(
+                f"modules= takes module path strings (e.g. 'model.transformer.h.0') or "
+                f"objects with a .path attribute, not {type(module).__name__}"
+            )
+    return frozenset(paths)
+
+
+def _tensor_transform(
+    detach: bool, device: torch.device | None, dtype: torch.dtype | None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """One function doing exactly the requested work per tensor, or None for none."""
+    if dtype is not None:
+
+        def convert(t: torch.Tensor) -> torch.Tensor:
+            if detach:
+                t = t.detach()
+            # Only floating-point tensors change dtype: token ids and masks stay exact.
+            if t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t if device is None else t.to(device)
+
+        return convert
+    if device is not None:
+        if detach:
+            return lambda t: t.detach().to(device)
+        return lambda t: t.to(device)
+    if detach:
+        return torch.Tensor.detach
+    return None
+
+
+class Cache:
+    """Collects module inputs and outputs reported by hooks, keyed by module path.
+
+    Hooks call :meth:`add` with a provider string such as
+    ``"model.transformer.h.0.output.i0"`` and the value; the cache keeps what its
+    filters allow, transformed, in :attr:`cache` (a :class:`CacheDict`). With
+    ``directory``, values are streamed to safetensors shards instead of kept in memory
+    (see :func:`endoscope_cache.load`); call :meth:`close` (or use the cache as a
+    context manager) when the run is over so the last shard is written.
+
+    Args:
+        modules: module paths (or objects with a ``.path``) to cache; None caches all.
+        device: where cached tensors are moved; None leaves them where they are. With
+            ``directory``, where tensors read back from disk are placed.
+        dtype: floating-point dtype cached floating tensors are converted to; integer
+            and boolean tensors keep theirs. None keeps every dtype.
+        detach: cache tensors detached from the autograd graph. A cached tensor on its
+            original device shares storage with the model's (as a hook capture would);
+            in-place changes made later by the model show through.
+        include_output: cache each module's return value.
+        include_inputs: cache each module's ``(args, kwargs)``.
+        rename: real path fragment to alias, as given to the model wrapper.
+        alias: alias to real path fragment.
+        directory: stream to this new directory instead of keeping values in memory.
+        shard_size: bytes per shard when streaming (the memory the writer uses).
+
+    Attributes:
+        cache: the :class:`CacheDict` of entries.
+    """
+
+    Entry = Entry
+    EntryList = EntryList
+    CacheDict = CacheDict
+
+    def __init__(
+        self,
+        modules: Iterable[Any] | str | None = None,
+        device: torch.device | str | None = "cpu",
+        dtype: torch.dtype | None = None,
+        detach: bool = True,
+        include_output: bool = True,
+        include_inputs: bool = False,
+        rename: Mapping[str, str] | None = None,
+        alias: Mapping[str, str] | None = None,
+        directory: str | Path | None = None,
+        *,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+    ) -> None:
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, e.g. torch.float16, not {dtype!r}")
+        self.modules = _module_paths(modules)
+        self.device = None if device is None else torch.device(device)
+        self.dtype = dtype
+        self.detach = bool(detach)
+        self.include_output = bool(include_output)
+        self.include_inputs = bool(include_inputs)
+        self.directory = None if directory is None else Path(directory)
+        self.cache = CacheDict(rename=rename, alias=alias)
+        self._targets: dict[str, Target | None] = {}
+        self._writer: ShardWriter | None = None
+        if self.directory is None:
+            self._transform = _tensor_transform(self.detach, self.device, dtype)
+        else:
+            # On disk every tensor is detached and copied to the host by the writer;
+            # the device applies when values are read back.
+            self._transform = _tensor_transform(False, None, dtype)
+            self._writer = ShardWriter(
+                self.directory,
+                shard_size=shard_size,
+                device=self.device,
+                header={"rename": self.cache._names.rename, "alias": self.cache._names.alias},
+            )
+            self.cache._location = str(self.directory)
+            # Write the last shard even if close() is never called.
+            self._finalizer = weakref.finalize(self, self._writer.close)
+
+    def _target(self, provider: str) -> Target | None:
+        target = parse_provider(provider)
+        if target is not None:
+            path, kind, _ = target
+            if (
+                (self.modules is not None and path not in self.modules)
+                or (kind == "output" and not self.include_output)
+                or (kind == "inputs" and not self.include_inputs)
+            ):
+                target = None
+        if len(self._targets) >= _MEMO_LIMIT:
+            self._targets.clear()
+        self._targets[provider] = target
+        return target
+
+    def add(self, provider: str, value: Any) -> None:
+        """Cache ``value`` under the module and call that ``provider`` names.
+
+        Cheap for filtered-out providers: after the first call with a given string,
+        one dictionary lookup.
+
+        Args:
+            provider: ``<module path>.<input|output>.i<iteration>``. Inputs are
+                ``(args, kwargs)``; ``.source.`` operation paths are ignored.
+            value: the output, or the inputs, of that call.
+        """
+        target = self._targets.get(provider, _MISSING)
+        if target is _MISSING:
+            target = self._target(provider)
+        if target is None:
+            return
+        path, kind, iteration = target
+        if self._writer is not None and self._writer.closed:
+            raise ValueError(f"the disk cache at {self.directory} is closed; create a new Cache")
+        if kind == "inputs":
+            value = _as_inputs(value)
+        if self._transform is not None:
+            value = map_tensors(value, self._transform)
+        entry, index = self.cache._slot(path, kind, iteration)
+        if self._writer is not None:
+            value = self._writer.write_value(path, index, iteration, kind, value)
+        entry._set(kind, value)
+
+    def flush(self) -> None:
+        """With ``directory``: write buffered tensors and update the manifest now."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """With ``directory``: flush and mark the cache complete. Values stay readable."""
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cache(\n{self.cache!r}\n)"
