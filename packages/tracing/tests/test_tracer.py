@@ -289,3 +289,35 @@ def test_requires_capture_before_compile() -> None:
 
 def test_source_file_for_this_module_is_real() -> None:
     assert Path(__file__).exists()
+
+
+def test_equal_code_from_different_files_is_captured_separately() -> None:
+    import linecache
+
+    source = "def run():\n    with Tracer() as t:\n        pass\n    return t.info.filename\n"
+    seen = []
+    for name in ("<first file>", "<second file>"):
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+        namespace = {"Tracer": Tracer}
+        exec(compile(source, name, "exec"), namespace)
+        seen.append(namespace["run"]())
+    assert seen == ["<first file>", "<second file>"]
+
+
+def test_code_objects_are_not_kept_alive_by_the_cache() -> None:
+    import gc
+    import linecache
+
+    from endoscope_tracing import _tracer
+
+    source = "def run():\n    with Tracer():\n        v = save(1)\n    return v\n"
+    name = "<collected file>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace = {"Tracer": Tracer, "save": save}
+    exec(compile(source, name, "exec"), namespace)
+    assert namespace["run"]() == 1
+    key = id(namespace["run"].__code__)
+    assert key in _tracer._SITES
+    namespace.clear()
+    gc.collect()
+    assert key not in _tracer._SITES

@@ -29,7 +29,8 @@ from ._source import read_source
 __all__ = ["Backend", "ExecutionBackend", "Tracer", "TracerInfo"]
 
 # Call-site cache: code object -> instruction offset of the `with` -> parsed block.
-_SITES: weakref.WeakKeyDictionary[CodeType, dict[int, CapturedBlock]] = weakref.WeakKeyDictionary()
+# Keyed by identity: equal code objects from different files compare equal.
+_SITES: dict[int, tuple[weakref.ref[CodeType], dict[int, CapturedBlock]]] = {}
 _SITES_LOCK = threading.Lock()
 
 # Tracers whose compiled body is running now, innermost last (process-wide: bodies
@@ -184,12 +185,12 @@ class Tracer:
         if frame is None:
             frame = user_frame(sys._getframe(1))
         code, offset = frame.f_code, frame.f_lasti
-        sites = _SITES.get(code)
-        block = sites.get(offset) if sites is not None else None
+        entry = _SITES.get(id(code))
+        if entry is None or entry[0]() is not code:
+            entry = _new_site_entry(code)
+        block = entry[1].get(offset)
         if block is None:
-            block = self.parse(read_source(frame), frame)
-            with _SITES_LOCK:
-                _SITES.setdefault(code, {})[offset] = block
+            block = entry[1][offset] = self.parse(read_source(frame), frame)
         self.info = TracerInfo(
             source=block.source,
             frame=frame,
@@ -277,5 +278,22 @@ class Tracer:
 
 
 _ABSENT = object()
+
+
+def _new_site_entry(code: CodeType) -> tuple[weakref.ref[CodeType], dict[int, CapturedBlock]]:
+    key = id(code)
+
+    def forget(_: object) -> None:
+        with _SITES_LOCK:
+            current = _SITES.get(key)
+            if current is not None and current[0]() is None:
+                del _SITES[key]
+
+    entry = (weakref.ref(code, forget), {})
+    with _SITES_LOCK:
+        _SITES[key] = entry
+    return entry
+
+
 # 3.10's bare `raise` restores the traceback saved when the error was caught.
 _RERAISE_KEEPS_CAUGHT_TRACEBACK = sys.version_info < (3, 11)
