@@ -289,7 +289,7 @@ def _new_site_entry(code: CodeType) -> tuple[weakref.ref[CodeType], dict[int, Ca
             if current is not None and current[0]() is None:
                 del _SITES[key]
 
-    entry = (weakref.ref(code, forget), {})
+    entry: tuple[weakref.ref[CodeType], dict[int, CapturedBlock]] = (weakref.ref(code, forget), {})
     with _SITES_LOCK:
         _SITES[key] = entry
     return entry
