@@ -323,14 +323,19 @@ class CacheDict(dict[str, Any]):
                 f"no cached module {full!r}: the cache is empty. Check modules=, "
                 f"include_output/include_inputs, and that the model ran"
             )
+        names = root._names
         pool: dict[str, None] = {}
         for key in dict.keys(root):
-            parts = key.split(".")
-            for depth in range(1, len(parts) + 1):
-                pool[".".join(parts[:depth])] = None
-            if root._names:
-                pool[root._names.to_alias(key)] = None
-        nearest = difflib.get_close_matches(full, list(pool), n=3, cutoff=0.6)
+            for spelling in (key, names.to_alias(key)) if names else (key,):
+                parts = spelling.split(".")
+                for depth in range(1, len(parts) + 1):
+                    pool[".".join(parts[:depth])] = None
+        # Match the aliased spelling first: a user who navigated by alias reads aliases.
+        queries = dict.fromkeys([names.to_alias(full), full] if names else [full])
+        found: dict[str, None] = {}
+        for query in queries:
+            found.update(dict.fromkeys(difflib.get_close_matches(query, list(pool), n=3)))
+        nearest = list(found)[:3]
         children = self._children()
         if not nearest:
             nearest = [self._join(c) for c in difflib.get_close_matches(name, children, n=3)]
