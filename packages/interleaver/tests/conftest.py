@@ -13,7 +13,7 @@ from endoscope_interleaver import GreenletScheduler, Scheduler, ThreadScheduler
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from interleaver_testkit import live_greenlets, worker_threads  # noqa: E402
+from interleaver_testkit import live_greenlets, worker_threads
 
 
 @pytest.fixture(params=["thread", "greenlet"])

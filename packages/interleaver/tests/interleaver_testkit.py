@@ -48,7 +48,11 @@ class Handle:
 
 
 def model(
-    interleaver: Interleaver, layers: int = 3, steps: int = 1, x: Any = 0, log: list[str] | None = None
+    interleaver: Interleaver,
+    layers: int = 3,
+    steps: int = 1,
+    x: Any = 0,
+    log: list[str] | None = None,
 ) -> Any:
     """A pure-Python "model": each layer adds 1; inputs and outputs are providers.
 

@@ -147,8 +147,8 @@ def test_mediators_served_in_fixed_order(scheduler: Scheduler) -> None:
     def make(name: str, first: int | None) -> Any:
         def intervention(L: list[Envoy]) -> None:
             if first is not None:
-                L[first].output  # noqa: B018 - reach layer 1 from a different place
-            L[1].output  # noqa: B018
+                L[first].output
+            L[1].output
             order.append(name)
 
         return intervention
@@ -324,9 +324,9 @@ def test_out_of_order_names_request_position_and_line(scheduler: Scheduler) -> N
     lines: list[int] = []
 
     def intervention(L: list[Envoy]) -> None:
-        L[2].output  # noqa: B018
+        L[2].output
         lines.append(next_line())
-        L[0].output  # noqa: B018
+        L[0].output
 
     with pytest.raises(OutOfOrderError) as info:
         run(scheduler, intervention)
@@ -338,7 +338,7 @@ def test_out_of_order_names_request_position_and_line(scheduler: Scheduler) -> N
         "model.layer0.output.i0 was requested after the computation had already run it; "
         "it is now at model.layer2.output.i0.\n"
         f'Asked at: File "{__file__}", line {lines[0]}, in intervention\n'
-        "    L[0].output  # noqa: B018\n"
+        "    L[0].output\n"
         "Request values in the order the computation produces them: move this line "
         "before the request for a later point, or read it in another invoke or trace."
     )
@@ -371,7 +371,7 @@ def test_missed_provider_raised_when_run_ends(scheduler: Scheduler) -> None:
 def test_missed_iteration_says_how_often_it_ran(scheduler: Scheduler) -> None:
     def intervention(L: list[Envoy]) -> None:
         with L[0].interleaver.current.iterating(5):  # type: ignore[union-attr]
-            L[1].output  # noqa: B018
+            L[1].output
 
     with pytest.raises(MissedProviderError) as info:
         run(scheduler, intervention, steps=3)
@@ -469,7 +469,7 @@ def test_model_exception_cancels_workers(scheduler: Scheduler) -> None:
 
     def intervention(L: list[Envoy]) -> None:
         try:
-            L[2].output  # noqa: B018
+            L[2].output
         except Cancelation:
             unwound.append("canceled")
             raise
@@ -483,7 +483,7 @@ def test_model_exception_cancels_workers(scheduler: Scheduler) -> None:
         with interleaver:
             mediator.hooks.append(hook)
             model(interleaver, layers=1)
-            1 / 0  # noqa: B018
+            1 / 0
     assert unwound == ["canceled"]
     assert hook.removed == 1
     assert mediator.hooks == []
@@ -494,7 +494,7 @@ def test_model_exception_cancels_workers(scheduler: Scheduler) -> None:
 def test_exception_raised_while_unwinding_a_cancel_is_ignored(scheduler: Scheduler) -> None:
     def intervention(L: list[Envoy]) -> None:
         try:
-            L[2].output  # noqa: B018
+            L[2].output
         finally:
             raise ValueError("noise during cancel")
 
@@ -502,7 +502,7 @@ def test_exception_raised_while_unwinding_a_cancel_is_ignored(scheduler: Schedul
     interleaver.initialize([Mediator(intervention, args=(layers(interleaver),))])
     with pytest.raises(ZeroDivisionError):
         with interleaver:
-            1 / 0  # noqa: B018
+            1 / 0
 
 
 # ------------------------------------------------------------ early stop
@@ -520,7 +520,7 @@ def test_stop_ends_the_computation_quietly(scheduler: Scheduler) -> None:
 
     def waiter(L: list[Envoy]) -> None:
         try:
-            L[2].output  # noqa: B018
+            L[2].output
         except Cancelation:
             unwound.append("waiter canceled")
             raise
@@ -566,11 +566,11 @@ def test_stop_before_start_without_any_provider(scheduler: Scheduler) -> None:
 @pytest.mark.timeout(10)
 def test_early_stop_caught_by_the_computation(scheduler: Scheduler) -> None:
     def stopper(L: list[Envoy]) -> None:
-        L[0].output  # noqa: B018
+        L[0].output
         raise EarlyStopException("enough")
 
     def waiter(L: list[Envoy]) -> None:
-        L[2].output  # noqa: B018
+        L[2].output
 
     interleaver = Interleaver(scheduler=scheduler)
     envoys = layers(interleaver)
@@ -592,7 +592,7 @@ def test_cancel_mid_run(scheduler: Scheduler) -> None:
 
     def intervention(L: list[Envoy]) -> None:
         try:
-            L[1].output  # noqa: B018
+            L[1].output
         except Cancelation as error:
             unwound.append(str(error))
             raise
@@ -618,7 +618,7 @@ def test_canceled_intervention_that_swallows_cancelation(scheduler: Scheduler) -
     def stubborn(L: list[Envoy]) -> None:
         for _ in range(3):
             try:
-                L[2].output  # noqa: B018
+                L[2].output
             except Cancelation:
                 attempts.append("swallowed")
 
@@ -687,7 +687,7 @@ def test_hooks_removed_after_normal_run(scheduler: Scheduler) -> None:
         mediator = L[0].interleaver.current
         assert mediator is not None
         mediator.hooks.append(Handle(handles))
-        L[1].output  # noqa: B018
+        L[1].output
         mediator.hooks.append(Handle(handles))
 
     run(scheduler, intervention)
@@ -702,7 +702,7 @@ def test_contextvars_of_the_caller_are_visible(scheduler: Scheduler) -> None:
 
     def intervention(L: list[Envoy]) -> None:
         seen.append(var.get())
-        L[0].output  # noqa: B018
+        L[0].output
         seen.append(var.get())
 
     token = var.set("from caller")
