@@ -269,8 +269,8 @@ class ShardWriter:
             "dtype": str(tensor.dtype).removeprefix("torch."),
             "shape": list(tensor.shape),
         }
-        # reshape copies only a non-contiguous tensor; the byte view is then free.
-        data = tensor.reshape(-1).view(torch.uint8) if nbytes else None
+        # contiguous() copies only a non-contiguous tensor; the byte view is then free.
+        data = tensor.contiguous().view(-1).view(torch.uint8) if nbytes else None
         if nbytes > self.shard_size:
             self._flush_buffer()
             node["shard"] = self._shard
@@ -321,6 +321,7 @@ class ShardWriter:
         self._shard += 1
 
     def _flush_buffer(self) -> None:
+        """Write the buffer as a shard, then record the values it completes."""
         if self._entries:
             assert self._buffer is not None
             header: dict[str, Any] = dict(self._entries)
@@ -334,15 +335,21 @@ class ShardWriter:
             self._shard += 1
             self._entries = {}
             self._used = 0
+            self._commit()
+
+    def _commit(self) -> None:
+        # Every pending record is a whole value whose tensors are all in written
+        # shards by now; a value still being encoded is not pending yet.
+        if self._pending:
+            self._records.extend(self._pending)
+            self._pending = []
+            self._write_manifest()
 
     def flush(self) -> None:
         """Write the buffered tensors as a shard and record every complete value."""
         with self._lock:
             self._flush_buffer()
-            if self._pending:
-                self._records.extend(self._pending)
-                self._pending = []
-                self._write_manifest()
+            self._commit()
 
     def close(self) -> None:
         """Flush, mark the manifest complete and free the buffer. Idempotent."""

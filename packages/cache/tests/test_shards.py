@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from endoscope_cache._shards import MANIFEST, ShardReader, ShardWriter, StoredValue, shard_name
+
+
+def manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def all_dtypes() -> list[torch.Tensor]:
+    base = torch.arange(-3, 9).reshape(3, 4)
+    tensors = [
+        base.to(dtype)
+        for dtype in (
+            torch.float64,
+            torch.float32,
+            torch.float16,
+            torch.bfloat16,
+            torch.int64,
+            torch.int32,
+            torch.int16,
+            torch.int8,
+        )
+    ]
+    tensors += [
+        torch.arange(12, dtype=torch.uint8).reshape(3, 4),
+        base > 2,
+        torch.complex(base.float(), -base.float()),  # stored as raw bytes
+        torch.tensor(3.25),  # 0-dim
+        torch.zeros(0, 5),  # empty
+        base.float().t(),  # non-contiguous
+        base.float()[:, ::2],  # strided
+    ]
+    for name in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2"):
+        dtype = getattr(torch, name, None)
+        if isinstance(dtype, torch.dtype):
+            tensors.append(torch.arange(6).reshape(2, 3).to(dtype))
+    return tensors
+
+
+def test_every_dtype_round_trips_and_shards_are_valid_safetensors(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, shard_size=1 << 16)
+    tensors = all_dtypes()
+    stored = writer.write_value("model.x", 0, 0, "output", tensors)
+    writer.close()
+    back = stored.load()
+    assert len(back) == len(tensors)
+    for got, want in zip(back, tensors):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        # Bitwise: float8 and unsigned dtypes lack some comparison kernels.
+        assert torch.equal(as_bytes(got), as_bytes(want))
+    # The shard opens with safetensors itself, native dtypes as themselves.
+    with safe_open(str(tmp_path / shard_name(0)), framework="pt") as shard:
+        assert shard.metadata() == {"format": "endoscope-cache"}
+        assert torch.equal(shard.get_tensor("0"), tensors[0])
+        assert shard.get_tensor("3").dtype == torch.bfloat16
+        assert shard.get_tensor("10").dtype == torch.uint8  # complex64, raw bytes
+    raw = (tmp_path / shard_name(0)).read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    assert length % 8 == 0  # data section 8-byte aligned
+
+
+def test_buffer_rolls_over_into_shards_and_large_tensors_get_their_own(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, shard_size=256)
+    small = [torch.full((16,), float(i)) for i in range(10)]  # 64 bytes each
+    values = [writer.write_value("model.a", i, i, "output", t) for i, t in enumerate(small)]
+    # A value whose two tensors straddle a shard boundary.
+    pair = writer.write_value("model.b", 0, 0, "output", (torch.ones(40), torch.zeros(40)))
+    big = torch.arange(1000, dtype=torch.float64)  # 8000 bytes > shard_size
+    large = writer.write_value("model.c", 0, 0, "output", {"big": big, "tail": small[0]})
+    writer.close()
+    for value, t in zip(values, small):
+        assert torch.equal(value.load(), t)
+    assert torch.equal(pair.load()[0], torch.ones(40)) and torch.equal(
+        pair.load()[1], torch.zeros(40)
+    )
+    assert pair.node["items"][0]["shard"] != pair.node["items"][1]["shard"]
+    assert torch.equal(large.load()["big"], big)
+    big_shard = large.node["items"][0][1]["shard"]
+    with safe_open(str(tmp_path / shard_name(big_shard)), framework="pt") as shard:
+        assert list(shard.keys()) == [large.node["items"][0][1]["key"]]
+    written = manifest(tmp_path)
+    assert written["complete"] is True
+    assert written["shards"] == [shard_name(i) for i in range(len(written["shards"]))]
+    assert all((tmp_path / name).is_file() for name in written["shards"])
+    assert [r["index"] for r in written["records"] if r["path"] == "model.a"] == list(range(10))
+    assert writer.bytes_written == 10 * 64 + 2 * 160 + 8000 + 64
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_records_reach_the_manifest_as_shards_fill(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, shard_size=128)
+    assert manifest(tmp_path)["records"] == [] and manifest(tmp_path)["complete"] is False
+    writer.write_value("m", 0, 0, "output", torch.zeros(16))  # 64 bytes, buffered
+    writer.write_value("m", 1, 1, "output", torch.zeros(16))  # buffer full
+    assert manifest(tmp_path)["records"] == []
+    writer.write_value("m", 2, 2, "output", torch.zeros(16))  # shard 0 written
+    assert len(manifest(tmp_path)["records"]) == 2 and manifest(tmp_path)["shards"] == [
+        shard_name(0)
+    ]
+    writer.write_value("m", 3, 3, "output", None)  # no tensor: waits for the next flush
+    writer.flush()
+    assert len(manifest(tmp_path)["records"]) == 4
+    writer.close()
+    writer.close()  # idempotent
+    assert manifest(tmp_path)["complete"] is True
+
+
+def test_reading_a_buffered_value_writes_its_shard_first(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path)
+    source = torch.randn(4, 4)
+    original = source.clone()
+    stored = writer.write_value("m", 0, 0, "output", source)
+    source.add_(1)  # the writer copied the value when it arrived
+    assert not (tmp_path / shard_name(0)).exists()
+    assert torch.equal(stored.load(), original)
+    assert (tmp_path / shard_name(0)).exists()
+    assert stored.describe() == "float32[4, 4]"
+    writer.close()
+
+
+def test_closed_and_existing_directories(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path / "new" / "nested")
+    writer.close()
+    with pytest.raises(ValueError, match="closed"):
+        writer.write_value("m", 0, 0, "output", torch.ones(1))
+    with pytest.raises(FileExistsError, match="already holds a cache"):
+        ShardWriter(tmp_path / "new" / "nested")
+    with pytest.raises(ValueError, match="positive"):
+        ShardWriter(tmp_path / "other", shard_size=0)
+
+
+def test_reader_places_tensors_and_reports_missing_shards(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path)
+    stored = writer.write_value("m", 0, 0, "output", torch.ones(2))
+    writer.close()
+    meta = ShardReader(tmp_path, device="meta")
+    assert StoredValue(stored.node, meta).load().device.type == "meta"
+    (tmp_path / shard_name(0)).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        StoredValue(stored.node, ShardReader(tmp_path)).load()
+
+
+def test_reader_keeps_a_bounded_number_of_shards_open(tmp_path: Path, monkeypatch) -> None:
+    import endoscope_cache._shards as shards
+
+    monkeypatch.setattr(shards, "_OPEN_SHARDS", 2)
+    writer = ShardWriter(tmp_path, shard_size=8)
+    values = [writer.write_value("m", i, i, "output", torch.tensor([i])) for i in range(5)]
+    writer.close()
+    reader = ShardReader(tmp_path)
+    for i, value in enumerate(values):
+        assert StoredValue(value.node, reader).load().item() == i
+    assert len(reader._handles) == 2
