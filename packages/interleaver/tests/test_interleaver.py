@@ -434,10 +434,14 @@ def test_worker_exception_reraised_with_original_traceback(scheduler: Scheduler)
 
     interleaver = Interleaver(scheduler=scheduler)
     envoys = layers(interleaver)
-    interleaver.initialize([Mediator(intervention, args=(envoys,))])
+    mediator = Mediator(intervention, args=(envoys,))
+    hook = Handle()
+    mediator.hooks.append(hook)
+    interleaver.initialize([mediator])
     with pytest.raises(KeyError, match="bad 2") as info:
         with interleaver:
             model(interleaver, log=log)
+    assert hook.removed == 1
     frames = traceback.extract_tb(info.value.__traceback__)
     assert (frames[-1].name, frames[-1].lineno) == ("intervention", lines[0])
     assert any(f.name == "model" for f in frames)  # raised where the model was

@@ -106,6 +106,7 @@ class Mediator:
         self.event: tuple[Events, Any] | None = None
         self.waiting: str | None = None
         self.index = 0
+        self._base: str | None = None  # waiting's path without .iN, if any
         self._worker: Worker | None = None
         self._transform: tuple[str, Callable[[], Any]] | None = None
         self._barrier: Barrier | None = None
@@ -375,11 +376,8 @@ class Mediator:
         """Make this mediator wait for ``requester``; False if answered with an error."""
         interleaver = self.interleaver
         assert interleaver is not None
-        if interleaver._ended:
-            self.respond(Signal(interleaver._missed(requester)))
-            return False
-        if interleaver.ran(requester):
-            self.respond(Signal(interleaver._out_of_order(requester, provider)))
-            return False
-        interleaver._wait(self, requester)
-        return True
+        error = interleaver._wait(self, requester, provider)
+        if error is None:
+            return True
+        self.respond(Signal(error))
+        return False
