@@ -759,3 +759,25 @@ def test_thread_scheduler_serves_from_another_thread() -> None:
         other.join()
     assert seen == [3]
     assert worker_threads() == []
+
+
+@pytest.mark.timeout(10)
+def test_no_reference_cycle_survives_a_run(scheduler: Scheduler) -> None:
+    import gc
+    import weakref
+
+    got: list[Any] = []
+    interleaver = Interleaver(scheduler=scheduler)
+    mediator = Mediator(lambda: got.append(mediator.request("p")))
+    interleaver.initialize([mediator])
+    with interleaver:
+        interleaver.handle("p", 1)
+    assert mediator.interleaver is None
+    ref = weakref.ref(interleaver)
+    gc.disable()
+    try:
+        del interleaver
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
+    assert got == [1]

@@ -279,6 +279,9 @@ class Interleaver:
         finally:
             self._reset()
             self._interleaving = False
+            # Mediators keep no reference back: no cycle outlives the run.
+            for mediator in self.mediators:
+                mediator.interleaver = None
 
     def _stop_before_start(self) -> None:
         self._stopping = True

@@ -92,7 +92,7 @@ class _ThreadWorker:
             raise RuntimeError("cannot resume a worker whose body has finished")
         self._slot = value
         thread = self._thread
-        if thread is not None and not thread.is_alive() and thread.ident is None:
+        if thread is not None and thread.ident is None:  # the first resume
             thread.start()
         else:
             self._to_worker.release()
