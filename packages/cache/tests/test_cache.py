@@ -115,8 +115,10 @@ def test_parse_memo_is_bounded(monkeypatch) -> None:
     monkeypatch.setattr(cache_module, "_MEMO_LIMIT", 4)
     cache = Cache()
     for i in range(10):
+        cache.add(f"model.m{i}.output.i{i}", i)
         cache.add(f"model.output.i{i}", i)
-    assert len(cache._targets) <= 4
+    assert len(cache._heads) <= 4
+    assert [cache.cache[f"model.m{i}"].output for i in range(10)] == list(range(10))
     assert [e.output for e in cache.cache["model"]] == list(range(10))
 
 

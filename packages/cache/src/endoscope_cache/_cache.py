@@ -17,10 +17,13 @@ from ._shards import DEFAULT_SHARD_SIZE, ShardWriter
 
 __all__ = ["Cache", "parse_provider"]
 
-# Parsed providers kept per cache; a long generation can make many distinct strings,
-# so the memo is dropped and rebuilt past this size rather than growing forever.
+# Memo sizes. Heads ("<path>.<output|input>") are bounded by the model's modules and
+# operations; the limit only guards against a caller inventing endless strings.
 _MEMO_LIMIT = 1 << 16
 _MISSING: Any = object()
+# "i12" -> 12 for every iteration suffix seen so far, shared by all caches: parsing the
+# number is the costliest step of add() otherwise.
+_ITERATIONS: dict[str, int] = {}
 # What a parsed provider says: module path, "output" or "inputs", call number.
 Target = tuple[str, str, "int | None"]
 
@@ -95,25 +98,25 @@ def _module_paths(modules: Any) -> frozenset[str] | None:
 def _tensor_transform(
     detach: bool, device: torch.device | None, dtype: torch.dtype | None
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """One function doing exactly the requested work per tensor, or None for none."""
-    if dtype is not None:
+    """The per-tensor work the options ask for, or None when there is none.
 
-        def convert(t: torch.Tensor) -> torch.Tensor:
-            if detach:
-                t = t.detach()
-            # Only floating-point tensors change dtype: token ids and masks stay exact.
-            if t.is_floating_point():
-                return t.to(device=device, dtype=dtype)
-            return t if device is None else t.to(device)
+    Each step is skipped when it would not change the tensor: checking
+    ``requires_grad`` or ``device`` costs a fraction of a no-op ``detach()`` or ``to()``.
+    """
+    if not detach and device is None and dtype is None:
+        return None
 
-        return convert
-    if device is not None:
-        if detach:
-            return lambda t: t.detach().to(device)
-        return lambda t: t.to(device)
-    if detach:
-        return torch.Tensor.detach
-    return None
+    def transform(t: torch.Tensor) -> torch.Tensor:
+        if detach and t.requires_grad:
+            t = t.detach()
+        # Only floating-point tensors change dtype: token ids and masks stay exact.
+        convert = dtype is not None and t.dtype != dtype and t.is_floating_point()
+        move = device is not None and t.device != device
+        if convert or move:
+            t = t.to(device=device if move else t.device, dtype=dtype if convert else t.dtype)
+        return t
+
+    return transform
 
 
 class Cache:
@@ -174,7 +177,8 @@ class Cache:
         self.include_inputs = bool(include_inputs)
         self.directory = None if directory is None else Path(directory)
         self.cache = CacheDict(rename=rename, alias=alias)
-        self._targets: dict[str, Target | None] = {}
+        # "<path>.<output|input>" -> (path, kind), or None when filtered out.
+        self._heads: dict[str, tuple[str, str] | None] = {}
         self._writer: ShardWriter | None = None
         if self.directory is None:
             self._transform = _tensor_transform(self.detach, self.device, dtype)
@@ -193,6 +197,7 @@ class Cache:
             self._finalizer = weakref.finalize(self, self._writer.close)
 
     def _target(self, provider: str) -> Target | None:
+        """Parse and filter ``provider``; remember the verdict for its head."""
         target = parse_provider(provider)
         if target is not None:
             path, kind, _ = target
@@ -202,9 +207,14 @@ class Cache:
                 or (kind == "inputs" and not self.include_inputs)
             ):
                 target = None
-        if len(self._targets) >= _MEMO_LIMIT:
-            self._targets.clear()
-        self._targets[provider] = target
+        head, _, tail = provider.rpartition(".")
+        if tail[:1] == "i" and tail[1:].isascii() and tail[1:].isdigit():
+            # Only providers with an iteration suffix take the memoised path in add().
+            if len(self._heads) >= _MEMO_LIMIT:
+                self._heads.clear()
+            self._heads[head] = None if target is None else (target[0], target[1])
+            if len(_ITERATIONS) < _MEMO_LIMIT:
+                _ITERATIONS[tail] = int(tail[1:])
         return target
 
     def add(self, provider: str, value: Any) -> None:
@@ -218,18 +228,27 @@ class Cache:
                 ``(args, kwargs)``; ``.source.`` operation paths are ignored.
             value: the output, or the inputs, of that call.
         """
-        target = self._targets.get(provider, _MISSING)
-        if target is _MISSING:
-            target = self._target(provider)
-        if target is None:
+        head, _, tail = provider.rpartition(".")
+        iteration = _ITERATIONS.get(tail)
+        known = _MISSING if iteration is None else self._heads.get(head, _MISSING)
+        if known is None:
             return
-        path, kind, iteration = target
+        if known is _MISSING:
+            target = self._target(provider)
+            if target is None:
+                return
+            path, kind, iteration = target
+        else:
+            path, kind = known
         if self._writer is not None and self._writer.closed:
             raise ValueError(f"the disk cache at {self.directory} is closed; create a new Cache")
         if kind == "inputs":
             value = _as_inputs(value)
-        if self._transform is not None:
-            value = map_tensors(value, self._transform)
+        transform = self._transform
+        if transform is not None:
+            value = (
+                transform(value) if type(value) is torch.Tensor else map_tensors(value, transform)
+            )
         entry, index = self.cache._slot(path, kind, iteration)
         if self._writer is not None:
             value = self._writer.write_value(path, index, iteration, kind, value)

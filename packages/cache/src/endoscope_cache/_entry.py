@@ -65,7 +65,11 @@ class Entry:
 
     @classmethod
     def _empty(cls, iteration: int | None) -> Entry:
-        return cls(iteration=iteration)
+        entry = cls.__new__(cls)  # skips __init__'s argument checks: add() is hot
+        entry._output = entry._inputs = None
+        entry._flags = 0
+        entry.iteration = iteration
+        return entry
 
     def _has(self, kind: str) -> bool:
         return bool(self._flags & _FLAG[kind])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -57,21 +58,36 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return _map(value, fn)
 
 
+# Leaves that can hold no tensor, answered before any container check (add() is hot).
+_LEAVES = frozenset({type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device})
+
+
+def _unchanged(new: list[Any], old: Any) -> bool:
+    return all(map(operator.is_, new, old))
+
+
 def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    cls = type(value)
+    if cls in _LEAVES:
+        return value
     if isinstance(value, torch.Tensor):
         return fn(value)
-    # Dataclasses first: a ModelOutput is also a dict, but rebuilding it through its
-    # constructor keeps its attribute and key views consistent.
+    if cls is tuple:
+        items = [_map(item, fn) for item in value]
+        return value if _unchanged(items, value) else tuple(items)
+    if cls is dict:
+        mapped: dict[Any, Any] = {key: _map(item, fn) for key, item in value.items()}
+        return value if _unchanged(list(mapped.values()), value.values()) else mapped
+    # Dataclasses before other dicts: a ModelOutput is also a dict, but rebuilding it
+    # through its constructor keeps its attribute and key views consistent.
     if is_dataclass_instance(value):
         return _map_dataclass(value, fn)
     if isinstance(value, tuple):
-        if type(value) is torch.Size:
+        if cls is torch.Size:
             return value
         items = [_map(item, fn) for item in value]
-        if all(new is old for new, old in zip(items, value)):
+        if _unchanged(items, value):
             return value
-        if type(value) is tuple:
-            return tuple(items)
         if is_namedtuple(value):
             return type(value)(*items)
         try:  # structseq types such as torch.return_types.max take one sequence
@@ -80,19 +96,17 @@ def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
             return tuple(items)
     if isinstance(value, list):
         items = [_map(item, fn) for item in value]
-        if all(new is old for new, old in zip(items, value)):
+        if _unchanged(items, value):
             return value
-        if type(value) is list:
+        if cls is list:
             return items
         rebuilt = copy.copy(value)
         rebuilt[:] = items
         return rebuilt
     if isinstance(value, dict):
-        mapped: dict[Any, Any] = {key: _map(item, fn) for key, item in value.items()}
-        if all(mapped[key] is item for key, item in value.items()):
+        mapped = {key: _map(item, fn) for key, item in value.items()}
+        if _unchanged(list(mapped.values()), value.values()):
             return value
-        if type(value) is dict:
-            return mapped
         # copy.copy keeps what the subclass carries besides its items
         # (a defaultdict's factory, an OrderedDict's order).
         rebuilt_dict = copy.copy(value)
