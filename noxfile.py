@@ -60,6 +60,12 @@ PACKAGES: tuple[Package, ...] = (
     Package("interleaver", extras=("greenlet",)),
     Package("source"),
     Package("cache", torch=True),
+    Package(
+        "envoy",
+        torch=True,
+        siblings=("tracing", "interleaver", "source", "cache"),
+        extras=("greenlet",),
+    ),
 )
 
 

@@ -217,7 +217,11 @@ class Tracer:
         namespace = self.pull()
         names = info.block.pulled_names(namespace)
         self._pulled = {name: namespace[name] for name in names}
-        return info.block.function(names, info.frame.f_globals)
+        return info.block.function(names, self._function_globals())
+
+    def _function_globals(self) -> dict[str, Any]:
+        """The globals the compiled body runs with: the caller's, unless overridden."""
+        return self._require_info().frame.f_globals
 
     def execute(self, fn: Callable[..., Any]) -> Any:
         """Step 4: run the compiled body; its variables are pushed at its end."""

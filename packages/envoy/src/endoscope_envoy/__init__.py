@@ -1,0 +1,45 @@
+"""endoscope-envoy: trace, invoke, read and write any ``torch.nn.Module``."""
+
+from endoscope_interleaver import (
+    EarlyStopException,
+    MissedProviderError,
+    OutOfOrderError,
+    eproperty,
+)
+from endoscope_tracing import WithBlockNotFoundError, register_internal_package
+
+from ._batching import BatchingError, TorchBatcher, batch_inputs
+from ._config import CONFIG, EnvoyConfig
+from ._envoy import Envoy, NotInTraceError
+from ._hooks import requires_inputs, requires_output
+from ._nnsight import NNsight
+from ._saving import install_save_methods, save
+from ._tracer import InterleavingTracer, Invoker
+from ._version import __version__
+
+register_internal_package("endoscope_envoy")
+register_internal_package("endoscope_interleaver")
+install_save_methods()
+
+__all__ = [
+    "CONFIG",
+    "BatchingError",
+    "EarlyStopException",
+    "Envoy",
+    "EnvoyConfig",
+    "InterleavingTracer",
+    "Invoker",
+    "MissedProviderError",
+    "NNsight",
+    "NotInTraceError",
+    "OutOfOrderError",
+    "TorchBatcher",
+    "WithBlockNotFoundError",
+    "__version__",
+    "batch_inputs",
+    "eproperty",
+    "install_save_methods",
+    "requires_inputs",
+    "requires_output",
+    "save",
+]

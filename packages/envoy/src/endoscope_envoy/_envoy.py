@@ -1,0 +1,255 @@
+"""Envoy: a proxy over one ``torch.nn.Module`` and the tree of its children.
+
+The tree is built eagerly when a model is wrapped (one small object per module,
+microseconds each), so printing, ``modules()`` and typo suggestions never walk
+torch again. An Envoy's ``.output`` / ``.inputs`` are :class:`eproperty`
+descriptors: reading one inside a trace installs a torch hook for that module on
+demand (once per run, removed when the run ends) and blocks the intervention until
+the module runs. Modules nobody reads carry no hook at all.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from endoscope_interleaver import Interleaver, eproperty
+
+from ._hooks import requires_inputs, requires_output, skip_module
+
+if TYPE_CHECKING:
+    from ._nnsight import NNsight
+    from ._source import SourceEnvoy
+
+__all__ = ["Envoy", "NotInTraceError"]
+
+
+class NotInTraceError(RuntimeError):
+    """A value that only exists while a model runs was used outside a trace."""
+
+
+class Envoy:
+    """Wraps a module; attribute and index access mirror the module tree.
+
+    Children are Envoys (``model.transformer.h[0]``); other attributes come from
+    the module (``model.lm_head.weight``, ``model.config``). A child whose name
+    clashes with an Envoy attribute (``output``, ``input``, ``source``, ...) stays
+    reachable with a trailing underscore (``attention.output_``) and by
+    :meth:`get`.
+
+    Attributes:
+        path: the module's path from the root, e.g. ``"model.transformer.h.0"``.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        path: str = "model",
+        root: NNsight | None = None,
+        parent: Envoy | None = None,
+    ) -> None:
+        self._module = module
+        self._parent = parent
+        self.path = path
+        self._root: NNsight = root if root is not None else self  # type: ignore[assignment]
+        self._children: dict[str, Envoy] = {}
+        self._aliases: dict[str, Envoy] = {}
+        self._source: SourceEnvoy | None = None
+        for name, child in module.named_children():
+            envoy_type = self._root._envoy_type_for(child)
+            self._children[name] = envoy_type(
+                child, path=f"{path}.{name}", root=self._root, parent=self
+            )
+
+    # ------------------------------------------------------------------ tree
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: children, aliases, then the module.
+        state = self.__dict__
+        children = state.get("_children")
+        if children is None:
+            raise AttributeError(name)
+        if name in children:
+            return children[name]
+        aliases = state["_aliases"]
+        if name in aliases:
+            return aliases[name]
+        if name.endswith("_") and name[:-1] in children:
+            return children[name[:-1]]
+        module = state["_module"]
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            pass
+        raise AttributeError(self._missing(name)) from None
+
+    def _missing(self, name: str) -> str:
+        candidates = [*self._children, *self._aliases]
+        candidates += [n for n, _ in self._module.named_parameters(recurse=False)]
+        candidates += [n for n in dir(type(self._module)) if not n.startswith("_")]
+        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        children = ", ".join(self._children) or "none"
+        return (
+            f"{self.path} ({type(self._module).__name__}) has no module or attribute "
+            f"{name!r}.{hint} Its child modules are: {children}."
+        )
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):
+            return self.get(key)
+        children = list(self._children.values())
+        if isinstance(key, slice):
+            return children[key]
+        try:
+            return children[key]
+        except IndexError:
+            raise IndexError(
+                f"{self.path} has {len(children)} child modules; index {key} is out of range."
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator[Envoy]:
+        return iter(list(self._children.values()))
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._children, *self._aliases})
+
+    def __repr__(self) -> str:
+        text = repr(self._module)
+        aliases = self._root._alias_notes() if self._root is self else []
+        if aliases:
+            text += "\n" + "\n".join(f"# {note}" for note in aliases)
+        return text
+
+    def children(self) -> list[Envoy]:
+        """The direct child Envoys."""
+        return list(self._children.values())
+
+    def named_children(self) -> list[tuple[str, Envoy]]:
+        """``(name, envoy)`` for each direct child."""
+        return list(self._children.items())
+
+    def modules(self, include_fn: Callable[[Envoy], bool] | None = None) -> list[Envoy]:
+        """This Envoy and every descendant, parents before children."""
+        return [envoy for _, envoy in self.named_modules(include_fn)]
+
+    def named_modules(
+        self, include_fn: Callable[[Envoy], bool] | None = None
+    ) -> list[tuple[str, Envoy]]:
+        """``(path, envoy)`` for this Envoy and every descendant."""
+        found: list[tuple[str, Envoy]] = []
+        stack: list[Envoy] = [self]
+        while stack:
+            envoy = stack.pop()
+            if include_fn is None or include_fn(envoy):
+                found.append((envoy.path, envoy))
+            stack.extend(reversed(list(envoy._children.values())))
+        return found
+
+    def get(self, path: str) -> Envoy:
+        """The Envoy at ``path`` (``"transformer.h.0"``, relative or from the root).
+
+        Raises:
+            AttributeError: a component does not exist (with the nearest names).
+        """
+        if path == self.path or not path:
+            return self
+        root_prefix = self._root.path + "."
+        if path.startswith(root_prefix) and self is self._root:
+            path = path[len(root_prefix) :]
+        envoy: Envoy = self
+        for part in path.split("."):
+            child = envoy._children.get(part) or envoy._aliases.get(part)
+            if child is None:
+                raise AttributeError(envoy._missing(part))
+            envoy = child
+        return envoy
+
+    def to(self, *args: Any, **kwargs: Any) -> Envoy:
+        """Move the module (``module.to(...)``) and return this Envoy."""
+        self._module.to(*args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's first parameter or buffer (CPU if it has none)."""
+        for tensor in self._module.parameters():
+            return tensor.device
+        for tensor in self._module.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    # ------------------------------------------------------- interleaving
+
+    @property
+    def interleaver(self) -> Interleaver:
+        """The interleaver of the trace running now.
+
+        Raises:
+            NotInTraceError: no trace of this model is running.
+        """
+        interleaver = self._root._interleaver
+        if interleaver is None:
+            raise NotInTraceError(
+                f"{self.path} has no values outside a trace: read .output/.input inside "
+                "`with model.trace(...):` (or an invoke) and call .save() on what you "
+                "want to keep."
+            )
+        return interleaver
+
+    @eproperty(key="output")
+    @requires_output
+    def output(self) -> Any:
+        """The module's output in the running trace (get, set, or edit in place)."""
+
+    @eproperty(key="input")
+    @requires_inputs
+    def inputs(self) -> Any:
+        """The module's inputs as ``(args, kwargs)`` in the running trace."""
+
+    @property
+    def input(self) -> Any:
+        """The module's first input (first positional argument, else first keyword)."""
+        args, kwargs = self.inputs
+        if args:
+            return args[0]
+        if kwargs:
+            return next(iter(kwargs.values()))
+        raise ValueError(f"{self.path} was called without any input")
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        args, kwargs = self.inputs
+        if args:
+            self.inputs = ((value, *args[1:]), kwargs)
+        elif kwargs:
+            first = next(iter(kwargs))
+            self.inputs = (args, {**kwargs, first: value})
+        else:
+            raise ValueError(f"{self.path} was called without any input to replace")
+
+    def skip(self, value: Any) -> None:
+        """Do not run this module in the trace; use ``value`` as its output."""
+        skip_module(self, value)
+
+    @property
+    def source(self) -> SourceEnvoy:
+        """The module's forward, one named entry per call site (``.source.<op>``)."""
+        if self._source is None:
+            from ._source import SourceEnvoy
+
+            self._source = SourceEnvoy(self)
+        return self._source
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module. Inside a trace it runs ad hoc, without the trace's hooks."""
+        if self._root._interleaver is not None and self._root._interleaver.current is not None:
+            return self._module.forward(*args, **kwargs)
+        return self._module(*args, **kwargs)

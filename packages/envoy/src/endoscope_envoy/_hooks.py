@@ -1,0 +1,175 @@
+"""Torch hooks installed on demand for an Envoy's values.
+
+``requires_output`` and ``requires_inputs`` decorate eproperty stubs: each access
+makes sure the module has a hook feeding the interleaver, installed once per run
+through :meth:`Interleaver.ensure_hook` and removed when the run ends. Hooks are
+prepended so they run before any hook the user or a cache registered, which then
+see values after interventions.
+
+Skipping a module needs its forward bypassed, which a pre-hook cannot do: the
+first ``skip`` in a run swaps the module's ``forward`` for a wrapper that returns
+the skip value (or merges it into the real output when only some invokes skip).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from endoscope_interleaver import SkipException
+
+if TYPE_CHECKING:
+    from ._envoy import Envoy
+
+__all__ = ["ensure_hook", "ensure_slow_path", "requires_inputs", "requires_output", "skip_module"]
+
+
+class _Removable:
+    """A hook handle made of a function (for non-torch hooks such as forward swaps)."""
+
+    def __init__(self, remove: Callable[[], None]) -> None:
+        self.remove = remove
+
+
+def _install_output_hook(envoy: Envoy) -> Any:
+    interleaver = envoy.interleaver
+    provider = f"{envoy.path}.output"
+    handle = interleaver.handle
+
+    def output_hook(module: Any, args: Any, output: Any) -> Any:
+        return handle(provider, output, True)
+
+    return envoy._module.register_forward_hook(output_hook, prepend=True)
+
+
+def _install_inputs_hook(envoy: Envoy) -> Any:
+    interleaver = envoy.interleaver
+    provider = f"{envoy.path}.input"
+    handle = interleaver.handle
+    module = envoy._module
+
+    def inputs_hook(module_: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            return handle(provider, (args, kwargs), True)
+        except SkipException as skip:
+            # Remembered for the forward wrapper installed by skip_module.
+            module.__dict__["_endoscope_skip"] = skip.args[0] if skip.args else skip
+            return None
+
+    return module.register_forward_pre_hook(inputs_hook, with_kwargs=True, prepend=True)
+
+
+def _noop_pre_hook(module: Any, args: Any) -> None:
+    return None
+
+
+def ensure_slow_path(envoy: Envoy, *, include_self: bool = False) -> None:
+    """Give ``envoy``'s ancestors (and itself if asked) a hook for this run.
+
+    torch checks a module's hook dicts once when the call starts: a module that
+    had none takes a fast path and ignores hooks added while it runs. A module
+    whose value is requested while it is already running is always an ancestor
+    of the point the model is paused at; giving every ancestor of every hooked
+    module a no-op pre-hook the moment the first hook below it is installed
+    (which precedes the ancestor's own call, by induction from the first request,
+    made before the forward starts) makes such late hooks fire.
+    """
+    interleaver = envoy.interleaver
+    node = envoy if include_self else envoy._parent
+    while node is not None:
+        module = node._module
+        if not interleaver.ensure_hook(
+            (id(module), "slow"), lambda m=module: m.register_forward_pre_hook(_noop_pre_hook)
+        ):
+            break  # its ancestors were given one with it
+        node = node._parent
+
+
+def ensure_hook(envoy: Envoy, kind: str, install: Callable[[], Any]) -> None:
+    """Install ``install()`` once per run under ``(module, kind)``, ancestors first."""
+    ensure_slow_path(envoy)  # stops at the first ancestor already hooked
+    envoy.interleaver.ensure_hook((id(envoy._module), kind), install)
+
+
+def requires_output(stub: Callable[..., Any]) -> Callable[[Envoy], None]:
+    """Decorate an eproperty stub whose value is the module's output."""
+
+    @functools.wraps(stub)
+    def ensure(envoy: Envoy) -> None:
+        ensure_hook(envoy, "output", lambda: _install_output_hook(envoy))
+
+    return ensure
+
+
+def requires_inputs(stub: Callable[..., Any]) -> Callable[[Envoy], None]:
+    """Decorate an eproperty stub whose value is the module's ``(args, kwargs)``."""
+
+    @functools.wraps(stub)
+    def ensure(envoy: Envoy) -> None:
+        ensure_hook(envoy, "input", lambda: _install_inputs_hook(envoy))
+
+    return ensure
+
+
+def _install_skip_forward(envoy: Envoy) -> _Removable:
+    module = envoy._module
+    interleaver = envoy.interleaver
+    had_instance_forward = "forward" in module.__dict__
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        skips = module.__dict__.pop("_endoscope_skip", None)
+        if skips is None:
+            return original(*args, **kwargs)
+        return _merge_skips(interleaver, skips, lambda: original(*args, **kwargs))
+
+    module.forward = forward  # type: ignore[method-assign]
+
+    def remove() -> None:
+        module.__dict__.pop("_endoscope_skip", None)
+        if had_instance_forward:
+            module.forward = original  # type: ignore[method-assign]
+        else:
+            module.__dict__.pop("forward", None)
+
+    return _Removable(remove)
+
+
+def _merge_skips(interleaver: Any, skips: list[tuple[Any, Any]], run: Callable[[], Any]) -> Any:
+    """The output when some or all invokes skip: their values, the real rows for the rest."""
+    batcher = interleaver.batcher
+    whole = [value for group, value in skips if group is None or batcher is None]
+    if whole:
+        return whole[-1]
+    groups = {group for group, _ in skips}
+    covered = sum(size for _, size in groups)
+    if covered == batcher.batch_size and len(groups) == len(skips):
+        ordered = sorted(skips, key=lambda item: item[0][0])
+        import torch
+
+        return _cat_outputs([value for _, value in ordered], torch)
+    output = run()
+    for group, value in skips:
+        output = batcher.swap(output, value, group)
+    return output
+
+
+def _cat_outputs(values: list[Any], torch: Any) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values, dim=0)
+    if isinstance(first, tuple):
+        return type(first)(_cat_outputs([v[i] for v in values], torch) for i in range(len(first)))
+    return first
+
+
+def skip_module(envoy: Envoy, value: Any) -> None:
+    """Skip ``envoy``'s module in the current invoke, with ``value`` as its output."""
+    interleaver = envoy.interleaver
+    ensure_hook(envoy, "input", lambda: _install_inputs_hook(envoy))
+    ensure_hook(envoy, "skip", lambda: _install_skip_forward(envoy))
+    mediator = interleaver.current
+    if mediator is None:
+        raise RuntimeError(f"{envoy.path}.skip() can only be called inside a trace's invoke")
+    mediator.skip(interleaver.iterate_requester(f"{envoy.path}.input"), value)

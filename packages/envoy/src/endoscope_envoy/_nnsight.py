@@ -1,0 +1,133 @@
+"""NNsight: the root Envoy of a wrapped model, and where traces start."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from endoscope_interleaver import GreenletScheduler, Interleaver, Scheduler, ThreadScheduler
+
+from ._batching import batch_inputs
+from ._config import CONFIG
+from ._envoy import Envoy
+from ._tracer import InterleavingTracer
+
+__all__ = ["NNsight"]
+
+RenameValue = str | Sequence[str]
+
+
+class NNsight(Envoy):
+    """Wraps any ``torch.nn.Module`` for tracing.
+
+    Example:
+        >>> model = NNsight(torch.nn.Sequential(torch.nn.Linear(4, 4)))  # doctest: +SKIP
+        >>> with model.trace(torch.ones(1, 4)):  # doctest: +SKIP
+        ...     hidden = model[0].output.save()
+
+    Args:
+        module: the model to wrap.
+        rename: extra names for modules. A key is a child name (renamed wherever
+            it occurs) or a dotted path from the root (mounted on the root); a
+            value is one alias or a list of aliases:
+            ``{"transformer": "model", "transformer.h": ["layers", "blocks"]}``.
+        envoys: Envoy subclass to use per module type (first ``isinstance`` match
+            wins); also settable as a class attribute of an NNsight subclass.
+        scheduler: how interventions run: ``"greenlet"``, ``"thread"``, a
+            :class:`Scheduler` instance, or ``None`` for ``CONFIG.scheduler``.
+    """
+
+    envoys: ClassVar[Mapping[type, type[Envoy]]] = {}
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        rename: Mapping[str, RenameValue] | None = None,
+        envoys: Mapping[type, type[Envoy]] | None = None,
+        scheduler: str | Scheduler | None = None,
+    ) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}.")
+        self._envoy_types: dict[type, type[Envoy]] = {**type(self).envoys, **(envoys or {})}
+        self._interleaver: Interleaver | None = None
+        self._scheduler_choice = scheduler
+        self._rename: dict[str, list[str]] = {
+            key: [value] if isinstance(value, str) else list(value)
+            for key, value in (rename or {}).items()
+        }
+        super().__init__(module, path="model", root=self)
+        self._apply_rename()
+
+    # ------------------------------------------------------------ tree set-up
+
+    def _envoy_type_for(self, module: torch.nn.Module) -> type[Envoy]:
+        for module_type, envoy_type in self._envoy_types.items():
+            if isinstance(module, module_type):
+                return envoy_type
+        return Envoy
+
+    def _apply_rename(self) -> None:
+        for key, aliases in self._rename.items():
+            if "." in key.strip("."):
+                target = self.get(key.strip("."))
+                for alias in aliases:
+                    self._aliases[alias] = target
+                continue
+            for _, envoy in self.named_modules():
+                child = envoy._children.get(key.strip("."))
+                if child is not None:
+                    for alias in aliases:
+                        envoy._aliases[alias] = child
+
+    def _alias_notes(self) -> list[str]:
+        return [
+            f"{key} is also reachable as {', '.join(aliases)}"
+            for key, aliases in self._rename.items()
+        ]
+
+    def _make_scheduler(self) -> Scheduler:
+        choice = self._scheduler_choice if self._scheduler_choice is not None else CONFIG.scheduler
+        if isinstance(choice, str):
+            if choice == "thread":
+                return ThreadScheduler()
+            if choice == "greenlet":
+                return GreenletScheduler()
+            raise ValueError(f"unknown scheduler {choice!r}: use 'greenlet' or 'thread'")
+        return choice
+
+    # ------------------------------------------------------------------ traces
+
+    def trace(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
+        """Open a trace: ``with model.trace(x):`` or ``with model.trace() as t: ...``."""
+        return InterleavingTracer(self, *inputs, **kwargs)
+
+    def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Normalise one invoke's inputs to ``(args, kwargs)`` for the model."""
+        return args, kwargs
+
+    def _batch_inputs(
+        self, inputs: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], list[Any], int]:
+        """Combine invokes' inputs into one batch; see :func:`batch_inputs`."""
+        return batch_inputs(inputs)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model on the batched inputs (subclasses run generate etc.)."""
+        return self._module(*args, **kwargs)
+
+    def _interleave(
+        self, tracer: InterleavingTracer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        interleaver = tracer.interleaver
+        previous, self._interleaver = self._interleaver, interleaver
+        output = None
+        try:
+            with interleaver:
+                output = self._run(*args, **kwargs)
+                output = tracer._provide_result(output)
+        finally:
+            self._interleaver = previous
+        return output

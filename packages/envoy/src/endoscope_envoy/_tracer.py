@@ -1,0 +1,233 @@
+"""Traces and invokes: capture the user's block, run it beside the model's forward.
+
+``with model.trace(x):`` captures its body (endoscope-tracing) and, on leaving the
+``with``, runs it as one intervention (a mediator) beside ``model(x)``.
+``with model.trace() as tracer:`` instead runs its body at once; each
+``with tracer.invoke(x):`` inside captures its own body as a mediator, and after
+the body the inputs of every invoke are batched into one forward pass.
+
+Invokes of one trace share variables: each one's body runs with globals that are
+a per-trace copy of the caller's, into which every invoke publishes its variables
+whenever it hands control back to the model, so a later invoke reading a value
+after the earlier invoke produced it sees it (activation patching, no barrier).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from endoscope_interleaver import Barrier, Interleaver, Mediator, eproperty
+from endoscope_tracing import SAVED, Tracer, write_locals
+
+from ._batching import BatchingError, TorchBatcher
+
+if TYPE_CHECKING:
+    from ._nnsight import NNsight
+
+__all__ = ["InterleavingTracer", "Invoker"]
+
+_PRIVATE = "__endoscope_"
+
+
+class Invoker(Tracer):
+    """One input (or none) and the intervention code that goes with it.
+
+    Created by :meth:`InterleavingTracer.invoke`; its body is compiled when the
+    ``with`` ends and runs later, beside the batched forward pass.
+    """
+
+    def __init__(self, tracer: InterleavingTracer, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(*inputs, backend=tracer._defer, **kwargs)
+        self.tracer = tracer
+        self.mediator: Mediator | None = None
+
+    @property
+    def has_input(self) -> bool:
+        """Whether this invoke brings inputs to the batch."""
+        return bool(self.args or self.kwargs)
+
+    def _function_globals(self) -> dict[str, Any]:
+        return self.tracer._shared_globals(self._require_info().frame.f_globals)
+
+    def push(self, state: Any) -> None:
+        self.tracer._publish(state)
+        super().push(state)
+
+
+class InterleavingTracer(Tracer):
+    """A trace of one forward pass of an NNsight model.
+
+    Args:
+        model: the wrapped model.
+        *inputs: the model's input for a single-invoke trace; none when the body
+            uses ``tracer.invoke(...)``.
+        **kwargs: keyword inputs for the model.
+
+    Attributes:
+        model: the wrapped model.
+        interleaver: coordinates the interventions with the forward pass.
+    """
+
+    def __init__(self, model: NNsight, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(*inputs, **kwargs)
+        self.model = model
+        self.interleaver = Interleaver(scheduler=model._make_scheduler(), tracer=self)
+        self.invokers: list[Invoker] = []
+        self._globals: dict[str, Any] | None = None
+        self._source_globals: dict[str, Any] | None = None
+        self._ran = False
+        self._output: Any = None
+
+    # ----------------------------------------------------------------- user API
+
+    def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
+        """Add an input (or, with none, code that sees the whole batch) to this trace."""
+        if self.args or self.kwargs:
+            raise RuntimeError(
+                "this trace already has an input (model.trace(x)); to use several "
+                "inputs, call model.trace() without one and give each input its own "
+                "`with tracer.invoke(x):` block."
+            )
+        return Invoker(self, *inputs, **kwargs)
+
+    def barrier(self, participants: int) -> Barrier:
+        """A barrier that ``participants`` invokes call to wait for each other."""
+        return self.interleaver.barrier(participants)
+
+    def stop(self) -> None:
+        """End the forward pass here; code after this line in the invoke does not run."""
+        mediator = self.interleaver.current
+        if mediator is None:
+            raise RuntimeError("tracer.stop() can only be called inside the trace's code")
+        mediator.stop()
+
+    @eproperty(key="result", iterate=False)
+    def result(self) -> Any:
+        """The model's return value (read it inside the trace, like any output)."""
+
+    def cache(self, modules: Any = None, **options: Any) -> Any:
+        """Record module values for this trace; see :func:`endoscope_envoy.cache_modules`."""
+        from ._caching import attach_cache
+
+        return SAVED.mark(attach_cache(self, modules, **options))
+
+    # --------------------------------------------------------------- execution
+
+    def _defer(self, invoker: Tracer) -> None:
+        """Backend of invokes: compile now, run beside the forward pass later."""
+        assert isinstance(invoker, Invoker)
+        fn = invoker.compile()
+        self.invokers.append(invoker)
+        invoker.mediator = Mediator(
+            lambda: invoker.execute(fn),
+            name=f"invoke {len(self.invokers) - 1}",
+            info=invoker,
+        )
+
+    def execute(self, fn: Callable[..., Any]) -> Any:
+        model = self.model
+        if self.args or self.kwargs:
+            # model.trace(x): the body itself is the one intervention.
+            self.invokers = [self]  # type: ignore[list-item]
+            self.mediator = Mediator(lambda: Tracer.execute(self, fn), name="trace", info=self)
+            mediators = [self.mediator]
+            inputs = [model._prepare_inputs(*self.args, **self.kwargs)]
+            groups: list[Any] = [None]
+            batch_size = None
+        else:
+            Tracer.execute(self, fn)
+            if not self.invokers:
+                raise ValueError(
+                    "this trace has no input: pass one to model.trace(x) or open "
+                    "`with tracer.invoke(x):` blocks inside it."
+                )
+            mediators = [invoker.mediator for invoker in self.invokers]  # type: ignore[misc]
+            with_input = [i for i in self.invokers if i.has_input]
+            if not with_input:
+                raise ValueError(
+                    "none of this trace's invokes has an input: give at least one "
+                    "`tracer.invoke(x)` an input to run the model on."
+                )
+            prepared = [model._prepare_inputs(*i.args, **i.kwargs) for i in with_input]
+            try:
+                args, kwargs, batch_groups, batch_size = model._batch_inputs(prepared)
+            except BatchingError as error:
+                raise BatchingError(
+                    f"{error} To batch inputs of another kind, subclass NNsight and "
+                    "override _batch_inputs(inputs), or run each input in its own trace."
+                ) from None
+            inputs = [(args, kwargs)]
+            group_of = dict(zip([id(i) for i in with_input], batch_groups))
+            groups = [group_of.get(id(i)) for i in self.invokers]
+            if len(with_input) == 1:
+                groups = [None] * len(groups)
+        for mediator, group in zip(mediators, groups):
+            mediator.batch_group = group  # type: ignore[union-attr]
+        if len(mediators) > 1:
+            for invoker, mediator in zip(self.invokers, mediators):
+                mediator.push = self._switch_push(invoker)  # type: ignore[union-attr]
+                mediator.pull = self._switch_pull(invoker)  # type: ignore[union-attr]
+        batcher = TorchBatcher(batch_size) if batch_size is not None and any(groups) else None
+        self.interleaver.initialize(mediators, batcher=batcher, tracer=self)  # type: ignore[arg-type]
+        args, kwargs = inputs[0]
+        self._output = model._interleave(self, args, kwargs)
+        self._ran = True
+        return self._output
+
+    def _provide_result(self, output: Any) -> Any:
+        return type(self).result.provide(self, output)
+
+    # ------------------------------------------------------ shared variables
+
+    def _shared_globals(self, caller_globals: dict[str, Any]) -> dict[str, Any]:
+        """The globals every invoke of this trace runs with (one copy per trace)."""
+        if self._globals is None or self._source_globals is not caller_globals:
+            self._source_globals = caller_globals
+            self._globals = dict(caller_globals)
+        return self._globals
+
+    def _publish(self, state: Any) -> None:
+        shared = self._globals
+        if shared is not None:
+            for name, value in state.items():
+                if not name.startswith(_PRIVATE):
+                    shared[name] = value
+
+    def _switch_push(self, invoker: Invoker) -> Callable[[Mediator], None]:
+        def push(mediator: Mediator) -> None:
+            frame = _body_frame(invoker)
+            if frame is not None:
+                self._publish(frame.f_locals)
+
+        return push
+
+    def _switch_pull(self, invoker: Invoker) -> Callable[[Mediator], None]:
+        def pull(mediator: Mediator) -> None:
+            shared = self._globals
+            frame = _body_frame(invoker)
+            if shared is None or frame is None:
+                return
+            current = frame.f_locals
+            stale = {
+                name: shared[name]
+                for name in frame.f_code.co_varnames
+                if name in shared and name in current and current[name] is not shared[name]
+            }
+            if stale:
+                write_locals(frame, stale)
+
+        return pull
+
+
+def _body_frame(invoker: Tracer) -> FrameType | None:
+    """The running frame of ``invoker``'s compiled body, seen from inside its worker."""
+    code = invoker._body_code
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is code:
+            return frame
+        frame = frame.f_back
+    return None
