@@ -195,7 +195,7 @@ def convert(fn: Callable[..., object]) -> Conversion:
         flags=code.co_flags,
         imports=source.imports,
     )
-    scaffold = scaffold_qualname(source.node, source.private_name)
+    scaffold = scaffold_qualname(source.node, source.private_name, code.co_freevars)
     original = source.qualname
 
     def fix_qualname(name: str) -> str:

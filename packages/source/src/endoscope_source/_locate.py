@@ -306,7 +306,7 @@ def _match(
             )
         except SyntaxError:
             continue
-        comparison = _CodeComparison(scaffold_qualname(node, private))
+        comparison = _CodeComparison(scaffold_qualname(node, private, code.co_freevars))
         if comparison.same(candidate, code):
             qualname = getattr(code, "co_qualname", None) or comparison.original_qualname
             return node, private, qualname or fn.__qualname__, parsed.imports

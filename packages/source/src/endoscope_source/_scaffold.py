@@ -10,6 +10,7 @@ attribute load for ``module.function(...)``. The scaffold is::
     <the module's top-level import statements>
     class <ClassName>:                    # only when names need mangling
         def __endoscope_factory__(<free variables of the function>):
+            global <name>                 # unless the name is itself free
             <the function, at its original line and column numbers>
 
 It is compiled with the function's real file name and never executed: the
@@ -58,8 +59,15 @@ def _place(node: _Node, line: int, end_line: int) -> _Node:
     return node
 
 
-def scaffold_qualname(node: FunctionNode, private_name: str | None) -> str:
+def _declares_global(node: FunctionNode, freevars: Sequence[str]) -> bool:
+    return not isinstance(node, ast.Lambda) and node.name not in freevars
+
+
+def scaffold_qualname(node: FunctionNode, private_name: str | None, freevars: Sequence[str]) -> str:
     """Qualified name the scaffold gives the function (it differs from the original)."""
+    if _declares_global(node, freevars):
+        # A function declared global in its parent gets its bare name.
+        return node.name  # type: ignore[union-attr]
     name = "<lambda>" if isinstance(node, ast.Lambda) else node.name
     prefix = f"{private_name}." if private_name is not None else ""
     return f"{prefix}{FACTORY_NAME}.<locals>.{name}"
@@ -123,7 +131,15 @@ def compile_function(
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list:
         line = min(line, node.decorator_list[0].lineno)
     end_line = node.end_lineno or line
-    inner: ast.stmt = node if not isinstance(node, ast.Lambda) else _expr_stmt(node)
+    body: list[ast.stmt] = []
+    if isinstance(node, ast.Lambda):
+        body.append(_expr_stmt(node))
+    else:
+        if _declares_global(node, freevars):
+            # The def statement would make the name a local of the factory and
+            # turn the function's references to itself into closure reads.
+            body.append(_place(ast.Global(names=[node.name]), line, line))
+        body.append(node)
     params = [_place(ast.arg(arg=name, annotation=None), line, line) for name in freevars]
     factory_fields: dict[str, Any] = {
         "name": FACTORY_NAME,
@@ -136,7 +152,7 @@ def compile_function(
             kwarg=None,
             defaults=[],
         ),
-        "body": [inner],
+        "body": body,
         "decorator_list": [],
         "returns": None,
     }
