@@ -145,7 +145,7 @@ def _() -> Any:
 
 @case("defaults_and_keyword_only")
 def _() -> Any:
-    def fn(a, b=2, *, c=max(1, 3), d=None):
+    def fn(a, b=2, *, c=max(1, 3), d=None):  # noqa: B008 - a call in a default
         return pow(a, b) + c + (d or 0)
 
     return fn, (3,), {"d": 1}
@@ -185,7 +185,7 @@ def _() -> Any:
 
 @case("two_lambdas_on_one_line_second")
 def _() -> Any:
-    first, second = (lambda v: str(v) + "a"), (lambda v: str(v * 2) + "b")
+    _first, second = (lambda v: str(v) + "a"), (lambda v: str(v * 2) + "b")
     return second, (21,), {}
 
 
@@ -284,7 +284,7 @@ class Child(Base):
         return cls(scale).forward(1)
 
     def explicit_super(self, x):
-        return super(Child, self).forward(x)
+        return super(Child, self).forward(x)  # noqa: UP008 - the explicit form is tested
 
 
 @case("method_unbound_with_super_and_mangling")
@@ -428,7 +428,9 @@ def _() -> Any:
 @case("keyword_and_starred_arguments")
 def _() -> Any:
     def fn(values, options):
-        return sorted(*[values], key=abs, reverse=bool(len(options))), dict(**options, extra=max(values))
+        return sorted(*[values], key=abs, reverse=bool(len(options))), dict(
+            **options, extra=max(values)
+        )
 
     return fn, ([3, -1, 2], {"k": 1}), {}
 
@@ -437,7 +439,7 @@ def _() -> Any:
 def _() -> Any:
     def fn(x):
         table = [abs, str, lambda v: v * 2]
-        make = lambda k: (lambda v: v + k)  # noqa: E731
+        make = lambda k: lambda v: v + k  # noqa: E731
         return table[0](x), table[1](x), table[2](x), make(10)(x), (lambda: "anon")()
 
     return fn, (-5,), {}
@@ -465,7 +467,7 @@ def _() -> Any:
 @case("operator_functions_and_dunders")
 def _() -> Any:
     def fn(a, b):
-        return operator.add(a, b), a.__add__(b), (a).__mul__(b), getattr(a, "real")
+        return operator.add(a, b), a.__add__(b), (a).__mul__(b), getattr(a, "real")  # noqa: B009
 
     return fn, (3, 4), {}
 
