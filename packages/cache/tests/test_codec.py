@@ -140,3 +140,24 @@ def test_bad_manifest_content_is_reported() -> None:
         dtype_from_name("float99")
     with pytest.raises(ValueError, match="unknown node type"):
         decode({"type": "martian"}, Store().get)
+
+
+@dataclasses.dataclass
+class DictOut(OrderedDict):
+    """Shaped like transformers' ModelOutput: a dataclass whose set fields are also keys."""
+
+    logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                self[field.name] = value
+
+
+def test_model_output_like_values_round_trip() -> None:
+    t = torch.arange(3.0)
+    back = roundtrip(DictOut(logits=t))
+    assert type(back) is DictOut and list(back) == ["logits"] and back.hidden is None
+    assert torch.equal(back.logits, t) and back["logits"] is back.logits

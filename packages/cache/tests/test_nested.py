@@ -99,3 +99,25 @@ def test_describe_spells_dtypes_and_shapes() -> None:
     assert describe(object()) == "object"
     long = describe(tuple(range(10)))
     assert long.startswith("(0, 1, 2, 3, 4, 5, ... 4 more")
+
+
+@dataclasses.dataclass
+class DictOut(OrderedDict):
+    """Shaped like transformers' ModelOutput: a dataclass whose set fields are also keys."""
+
+    logits: torch.Tensor | None = None
+    past: tuple | None = None
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                self[field.name] = value
+
+
+def test_model_output_like_values_keep_keys_and_attributes_in_step() -> None:
+    t = torch.ones(2)
+    mapped = map_tensors(DictOut(logits=t, past=((t,),)), double)
+    assert type(mapped) is DictOut and list(mapped) == ["logits", "past"]
+    assert torch.equal(mapped.logits, t * 2) and mapped["logits"] is mapped.logits
+    assert torch.equal(mapped["past"][0][0], t * 2)
