@@ -321,3 +321,11 @@ def test_code_objects_are_not_kept_alive_by_the_cache() -> None:
     namespace.clear()
     gc.collect()
     assert key not in _tracer._SITES
+
+
+def test_values_assigned_before_an_error_still_reach_the_caller() -> None:
+    with pytest.raises(RuntimeError):
+        with Tracer():
+            before = save("kept")
+            raise RuntimeError("boom")
+    assert before == "kept"

@@ -13,13 +13,12 @@ from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
 from ._hooks import requires_inputs, requires_output
 from ._nnsight import NNsight
-from ._saving import install_save_methods, save
+from ._saving import save
 from ._tracer import InterleavingTracer, Invoker
 from ._version import __version__
 
 register_internal_package("endoscope_envoy")
 register_internal_package("endoscope_interleaver")
-install_save_methods()
 
 __all__ = [
     "CONFIG",
@@ -38,7 +37,6 @@ __all__ = [
     "__version__",
     "batch_inputs",
     "eproperty",
-    "install_save_methods",
     "requires_inputs",
     "requires_output",
     "save",

@@ -115,6 +115,9 @@ class Envoy:
     def __len__(self) -> int:
         return len(self._children)
 
+    def __bool__(self) -> bool:
+        return True  # an Envoy without children is still an Envoy
+
     def __iter__(self) -> Iterator[Envoy]:
         return iter(list(self._children.values()))
 
@@ -166,7 +169,9 @@ class Envoy:
             path = path[len(root_prefix) :]
         envoy: Envoy = self
         for part in path.split("."):
-            child = envoy._children.get(part) or envoy._aliases.get(part)
+            child = envoy._children.get(part)
+            if child is None:
+                child = envoy._aliases.get(part)
             if child is None:
                 raise AttributeError(envoy._missing(part))
             envoy = child

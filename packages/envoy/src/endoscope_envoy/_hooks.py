@@ -6,9 +6,10 @@ through :meth:`Interleaver.ensure_hook` and removed when the run ends. Hooks are
 prepended so they run before any hook the user or a cache registered, which then
 see values after interventions.
 
-Skipping a module needs its forward bypassed, which a pre-hook cannot do: the
-first ``skip`` in a run swaps the module's ``forward`` for a wrapper that returns
-the skip value (or merges it into the real output when only some invokes skip).
+Skipping a module needs its forward bypassed, which a pre-hook cannot do: with
+the input hook comes a wrapper around the module's ``forward`` that returns the
+skip value instead (or merges it into the real output when only some invokes
+skip).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _install_output_hook(envoy: Envoy) -> Any:
 
 
 def _install_inputs_hook(envoy: Envoy) -> Any:
+    """The input pre-hook, and with it the forward wrapper that makes skipping work.
+
+    torch binds ``forward`` before running pre-hooks, so a skip decided at the
+    input (possibly after reading it) needs the wrapper in place before the call
+    starts: it is installed together with the input hook.
+    """
     interleaver = envoy.interleaver
     provider = f"{envoy.path}.input"
     handle = interleaver.handle
@@ -53,11 +60,18 @@ def _install_inputs_hook(envoy: Envoy) -> Any:
         try:
             return handle(provider, (args, kwargs), True)
         except SkipException as skip:
-            # Remembered for the forward wrapper installed by skip_module.
-            module.__dict__["_endoscope_skip"] = skip.args[0] if skip.args else skip
+            # Picked up by the forward wrapper, which then does not run forward.
+            module.__dict__["_endoscope_skip"] = skip.values
             return None
 
-    return module.register_forward_pre_hook(inputs_hook, with_kwargs=True, prepend=True)
+    hook = module.register_forward_pre_hook(inputs_hook, with_kwargs=True, prepend=True)
+    forward = _install_skip_forward(envoy)
+
+    def remove() -> None:
+        hook.remove()
+        forward.remove()
+
+    return _Removable(remove)
 
 
 def _noop_pre_hook(module: Any, args: Any) -> None:
@@ -168,7 +182,6 @@ def skip_module(envoy: Envoy, value: Any) -> None:
     """Skip ``envoy``'s module in the current invoke, with ``value`` as its output."""
     interleaver = envoy.interleaver
     ensure_hook(envoy, "input", lambda: _install_inputs_hook(envoy))
-    ensure_hook(envoy, "skip", lambda: _install_skip_forward(envoy))
     mediator = interleaver.current
     if mediator is None:
         raise RuntimeError(f"{envoy.path}.skip() can only be called inside a trace's invoke")

@@ -1,23 +1,25 @@
-"""``.save()`` on tensors and on the containers module values come in.
+"""``.save()`` on any value made inside a trace.
 
-``value.save()`` marks a value to survive its trace, like :func:`save`. Tensors
-get the method as an ordinary attribute of ``torch.Tensor``. Module outputs are
-often tuples, lists or dicts (and transformers' ModelOutput, a dict), whose
-built-in types refuse new attributes; the method is placed in their type
-dictionaries directly, once, when endoscope-envoy is imported.
+``value.save()`` marks a value to survive its trace, like :func:`save`. Values in
+a trace are tensors, tuples, dicts, dataclasses, numbers, anything a module
+returns, and built-in types refuse new attributes. So while a trace runs, a
+``save`` method is mounted on ``object`` itself (through its type dictionary; a
+class with its own ``save`` keeps it) and unmounted when the outermost trace
+ends, so nothing outside traces sees it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
-
-import torch
 
 from endoscope_tracing import save
 
-__all__ = ["install_save_methods", "save"]
+__all__ = ["mounted_save", "save"]
 
 T = TypeVar("T")
 
@@ -27,17 +29,30 @@ def _save_method(self: T) -> T:
     return save(self)
 
 
-def _add_to_builtin(kind: type, name: str, value: Any) -> None:
-    if name in kind.__dict__:
-        return
-    namespace = gc.get_referents(kind.__dict__)[0]
-    namespace[name] = value
-    ctypes.pythonapi.PyType_Modified(ctypes.py_object(kind))
+_lock = threading.Lock()
+_depth = 0
+_object_dict: dict[str, Any] = gc.get_referents(object.__dict__)[0]
 
 
-def install_save_methods() -> None:
-    """Give tensors, tuples, lists and dicts a ``.save()`` method (idempotent)."""
-    if getattr(torch.Tensor, "save", None) is not _save_method:
-        torch.Tensor.save = _save_method  # type: ignore[attr-defined]
-    for kind in (tuple, list, dict):
-        _add_to_builtin(kind, "save", _save_method)
+def _changed() -> None:
+    # Attribute caches of every type hang off object's version tag.
+    ctypes.pythonapi.PyType_Modified(ctypes.py_object(object))
+
+
+@contextmanager
+def mounted_save() -> Iterator[None]:
+    """Make ``.save()`` available on every object for the duration of the block."""
+    global _depth
+    with _lock:
+        _depth += 1
+        if _depth == 1 and "save" not in _object_dict:
+            _object_dict["save"] = _save_method
+            _changed()
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _object_dict.get("save") is _save_method:
+                del _object_dict["save"]
+                _changed()

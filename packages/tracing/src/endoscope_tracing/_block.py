@@ -315,10 +315,20 @@ class CapturedBlock:
             kwarg=None,
             defaults=[],
         )
+        # try/finally: variables assigned before an error or an early stop still
+        # reach the caller, as they would in an ordinary with block.
+        guarded = ast.Try(
+            body=copy.deepcopy(self._body) or [ast.Pass()],
+            handlers=[],
+            orelse=[],
+            finalbody=[push],
+        )
+        guarded.lineno, guarded.col_offset = lineno, 0
+        guarded.end_lineno, guarded.end_col_offset = self.node.end_lineno or lineno, 0
         function = ast.FunctionDef(
             name="__endoscope_block__",
             args=arguments,
-            body=[*copy.deepcopy(self._body), push],
+            body=[guarded],
             decorator_list=[],
             returns=None,
             type_comment=None,

@@ -1,0 +1,138 @@
+"""The Envoy tree: navigation, printing, lookup, renaming, custom Envoy types."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from endoscope_envoy import Envoy, NNsight, NotInTraceError
+
+
+def test_tree_mirrors_modules(net) -> None:
+    model = NNsight(net)
+    assert model._module is net
+    assert model.path == "model"
+    assert model.layers[1].fc._module is net.layers[1].fc
+    assert model.layers[1].fc.path == "model.layers.1.fc"
+    assert [e.path for e in model.layers] == [f"model.layers.{i}" for i in range(3)]
+    assert len(model.layers) == 3
+    assert [e._module for e in model.layers[0:2]] == [net.layers[0], net.layers[1]]
+    assert model.layers[-1]._module is net.layers[2]
+
+
+def test_module_attributes_pass_through(net) -> None:
+    model = NNsight(net)
+    assert model.head.weight is net.head.weight
+    assert model.head.out_features == 2
+
+
+def test_print_shows_the_module_tree(net) -> None:
+    assert str(NNsight(net)) == str(net)
+
+
+def test_modules_and_named_modules(net) -> None:
+    model = NNsight(net)
+    assert [path for path, _ in model.named_modules()] == [
+        "model" if not name else f"model.{name}" for name, _ in net.named_modules()
+    ]
+    assert [e._module for e in model.modules()] == list(net.modules())
+    only_linear = model.modules(lambda e: isinstance(e._module, torch.nn.Linear))
+    assert all(isinstance(e._module, torch.nn.Linear) for e in only_linear)
+
+
+def test_get_by_path(net) -> None:
+    model = NNsight(net)
+    assert model.get("layers.0.fc") is model.layers[0].fc
+    assert model.get("model.layers.0.fc") is model.layers[0].fc
+    assert model["layers.2"] is model.layers[2]
+    assert model.layers.get("1.act") is model.layers[1].act
+
+
+def test_typo_lists_nearest_names(net) -> None:
+    model = NNsight(net)
+    with pytest.raises(AttributeError, match=r"'layer'.*Did you mean 'layers'"):
+        model.layer
+    with pytest.raises(AttributeError, match="Its child modules are: fc, act"):
+        model.get("layers.0.nope")
+
+
+def test_index_out_of_range(net) -> None:
+    with pytest.raises(IndexError, match="3 child modules; index 7"):
+        NNsight(net).layers[7]
+
+
+def test_to_and_device(net) -> None:
+    model = NNsight(net)
+    assert model.to(torch.float64) is model
+    assert net.head.weight.dtype == torch.float64
+    assert model.device == torch.device("cpu")
+    assert NNsight(torch.nn.ReLU()).device == torch.device("cpu")
+
+
+def test_rename_component_path_and_list(net) -> None:
+    model = NNsight(net, rename={"fc": "dense", "layers.1": ["middle", "center"]})
+    assert model.layers[0].dense is model.layers[0].fc
+    assert model.middle is model.layers[1]
+    assert model.center is model.layers[1]
+    assert model.get("middle.dense") is model.layers[1].fc
+    assert "also reachable as middle, center" in repr(model)
+
+
+def test_rename_works_in_a_trace(net, x) -> None:
+    model = NNsight(net, rename={"layers.1": "middle"})
+    with model.trace(x):
+        out = model.middle.output.save()
+    assert torch.equal(out, net.layers[1](net.layers[0](net.embed(x))))
+
+
+class LinearEnvoy(Envoy):
+    @property
+    def width(self) -> int:
+        return self._module.out_features
+
+
+def test_envoys_mapping_and_class_attribute(net) -> None:
+    model = NNsight(net, envoys={torch.nn.Linear: LinearEnvoy})
+    assert isinstance(model.head, LinearEnvoy)
+    assert model.head.width == 2
+    assert not isinstance(model.layers, LinearEnvoy)
+
+    class MyNNsight(NNsight):
+        envoys = {torch.nn.ReLU: LinearEnvoy}
+
+    assert isinstance(MyNNsight(net).layers[0].act, LinearEnvoy)
+
+
+class Clashing(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.output = torch.nn.Linear(2, 2)
+        self.input = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.input(x))
+
+
+def test_children_named_like_envoy_attributes_stay_reachable() -> None:
+    torch.manual_seed(0)
+    module = Clashing()
+    model = NNsight(module)
+    assert model.output_._module is module.output
+    assert model.get("input")._module is module.input
+    x = torch.randn(1, 2)
+    with model.trace(x):
+        inner = model.output_.output.save()
+        whole = model.output.save()
+    assert torch.equal(inner, module.output(x))
+    assert torch.equal(whole, inner)
+
+
+def test_values_outside_a_trace_explain_themselves(net) -> None:
+    model = NNsight(net)
+    with pytest.raises(NotInTraceError, match="inside `with model.trace"):
+        model.layers[0].output
+
+
+def test_only_modules_can_be_wrapped() -> None:
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        NNsight(lambda x: x)  # type: ignore[arg-type]

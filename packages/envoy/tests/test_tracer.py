@@ -1,0 +1,305 @@
+"""Traces and invokes, each checked against the same computation in plain torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from endoscope_envoy import NNsight, save
+
+
+def plain(net, x, edit=None):
+    """Run ``net`` with plain torch hooks; ``edit(name, value) -> value`` per block."""
+    h = net.embed(x)
+    for i, layer in enumerate(net.layers):
+        h = layer(h)
+        if edit is not None:
+            h = edit(i, h)
+    return net.head(h)
+
+
+def test_read_outputs_and_inputs(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        embedded = model.embed.output.save()
+        block_in = model.layers[1].input.save()
+        args, kwargs = model.layers[2].inputs
+        third = save(args[0])
+        out = model.output.save()
+    expected = net.embed(x)
+    assert torch.equal(embedded, expected)
+    assert torch.equal(block_in, net.layers[0](expected))
+    assert torch.equal(third, net.layers[1](net.layers[0](expected)))
+    assert torch.equal(out, net(x))
+
+
+def test_in_place_edit(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        model.layers[1].output[:, :4] = 0
+        out = model.output.save()
+
+    def zero(i, h):
+        if i == 1:
+            h = h.clone()
+            h[:, :4] = 0
+        return h
+
+    assert torch.equal(out, plain(net, x, zero))
+
+
+def test_replacement(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        model.layers[0].output = model.layers[0].output * 2
+        out = model.output.save()
+    assert torch.allclose(out, plain(net, x, lambda i, h: h * 2 if i == 0 else h))
+
+
+def test_replace_an_input(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        model.head.input = torch.zeros(3, 8)
+        out = model.output.save()
+    assert torch.equal(out, net.head.bias.expand(3, 2))
+
+
+def test_unsaved_values_do_not_leak(net, x) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        hidden = model.layers[0].output + 1
+        kept = model.layers[0].output.save()
+    assert "hidden" not in locals()
+    assert kept.shape == (3, 8)
+
+
+def test_save_on_containers(x) -> None:
+    class Pair(torch.nn.Module):
+        def forward(self, v):
+            return v + 1, {"double": v * 2}
+
+    model = NNsight(torch.nn.Sequential(Pair()))
+    with model.trace(x):
+        both = model[0].output.save()
+        listed = [1, 2].save()
+    assert torch.equal(both[0], x + 1)
+    assert torch.equal(both[1]["double"], x * 2)
+    assert listed == [1, 2]
+
+
+def test_invokes_batch_and_see_their_own_rows(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    calls = []
+    net.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            first = model.layers[0].output.save()
+        with tracer.invoke(x[1:]):
+            rest = model.layers[0].output.save()
+        with tracer.invoke():
+            everything = model.layers[0].output.save()
+    net._forward_pre_hooks.clear()
+    assert calls == [3]  # one batched forward
+    full = net.layers[0](net.embed(x))
+    assert torch.equal(first, full[:1])
+    assert torch.equal(rest, full[1:])
+    assert torch.equal(everything, full)
+
+
+def test_edits_in_one_invoke_touch_only_its_rows(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:2]):
+            model.layers[0].output[:] = 0
+            a = model.output.save()
+        with tracer.invoke(x[2:]):
+            b = model.output.save()
+
+    def zero_first_two(i, h):
+        if i == 0:
+            h = h.clone()
+            h[:2] = 0
+        return h
+
+    expected = plain(net, x, zero_first_two)
+    assert torch.allclose(a, expected[:2])
+    assert torch.allclose(b, expected[2:])
+
+
+def test_replacement_in_one_invoke(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            model.layers[2].output = torch.ones(1, 8)
+        with tracer.invoke(x[1:]):
+            pass
+        with tracer.invoke():
+            out = model.output.save()
+    assert torch.allclose(out[0], net.head(torch.ones(8)))
+    assert torch.allclose(out[1:], net(x[1:]))
+
+
+def test_activation_patching_across_invokes_without_barrier(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            source = model.layers[1].output
+        with tracer.invoke(x[1:2]):
+            target = model.layers[1].output
+            target[:] = source
+            patched = model.output.save()
+    clean = net.layers[1](net.layers[0](net.embed(x[:1])))
+    assert torch.allclose(patched, net.head(net.layers[2](clean)))
+
+
+def test_barrier(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        barrier = tracer.barrier(2)
+        with tracer.invoke(x[:1]):
+            embedded = model.embed.output
+            barrier()
+        with tracer.invoke(x[1:2]):
+            barrier()
+            model.embed.output = embedded
+            out = model.output.save()
+    assert torch.allclose(out, net(x[:1]))
+
+
+def test_tracer_result(net, x) -> None:
+    model = NNsight(net)
+    with model.trace(x) as tracer:
+        result = tracer.result.save()
+    assert torch.equal(result, net(x))
+
+
+def test_stop_ends_the_forward_early(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    ran = []
+    net.head.register_forward_hook(lambda *a: ran.append("head"))
+    with model.trace(x) as tracer:
+        early = model.layers[0].output.save()
+        tracer.stop()
+    net.head._forward_hooks.clear()
+    assert ran == []
+    assert torch.equal(early, net.layers[0](net.embed(x)))
+
+
+def test_skip_a_module(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        model.layers[1].skip(model.layers[1].input)
+        out = model.output.save()
+    expected = net.head(net.layers[2](net.layers[0](net.embed(x))))
+    assert torch.allclose(out, expected)
+
+
+def test_skip_in_one_of_several_invokes(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            model.layers[1].skip(torch.zeros(1, 8))
+            a = model.output.save()
+        with tracer.invoke(x[1:]):
+            b = model.output.save()
+    assert torch.allclose(a, net.head(net.layers[2](torch.zeros(1, 8))))
+    assert torch.allclose(b, net(x[1:]))
+
+
+def test_skip_in_every_invoke(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            model.layers[0].skip(torch.zeros(1, 8))
+        with tracer.invoke(x[1:]):
+            model.layers[0].skip(torch.ones(2, 8))
+        with tracer.invoke():
+            out = model.output.save()
+    h = torch.cat([torch.zeros(1, 8), torch.ones(2, 8)])
+    assert torch.allclose(out, net.head(net.layers[2](net.layers[1](h))))
+
+
+def test_calling_an_envoy_in_a_trace_runs_it_ad_hoc(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        hidden = model.layers[2].output
+        logits = model.head(hidden * 0).save()
+        out = model.output.save()
+    assert torch.allclose(logits, net.head.bias.expand(3, 2))
+    assert torch.equal(out, net(x))
+
+
+def test_two_wrappers_over_one_module(net, x, no_leftovers) -> None:
+    first, second = NNsight(net), NNsight(net)
+    with first.trace(x):
+        a = first.layers[0].output.save()
+    with second.trace(x):
+        second.layers[0].output[:] = 0
+        b = second.output.save()
+    with first.trace(x):
+        c = first.output.save()
+    assert torch.equal(a, net.layers[0](net.embed(x)))
+    assert torch.allclose(b, plain(net, x, lambda i, h: h * 0 if i == 0 else h))
+    assert torch.equal(c, net(x))
+
+
+def test_forward_is_unchanged_after_tracing(net, x) -> None:
+    before = net(x)
+    forward = net.forward
+    model = NNsight(net)
+    with model.trace(x):
+        model.layers[1].output[:] = 5
+    assert net.forward == forward
+    assert torch.equal(net(x), before)
+
+
+def test_dataclass_and_dict_outputs(x) -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        hidden: torch.Tensor
+        extra: int
+
+    class Producer(torch.nn.Module):
+        def forward(self, v):
+            return Out(v * 3, 7)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Producer()
+
+        def forward(self, v):
+            return {"result": self.inner(v).hidden + 1}
+
+    model = NNsight(Wrapper())
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            model.inner.output.hidden[:] = 0
+            a = model.output.save()
+        with tracer.invoke(x[1:]):
+            inner = model.inner.output.save()
+            b = model.output.save()
+    assert torch.equal(a["result"], torch.ones(1, 4))
+    assert torch.equal(inner.hidden, x[1:] * 3) and inner.extra == 7
+    assert torch.equal(b["result"], x[1:] * 3 + 1)
+
+
+def test_inputs_that_cannot_be_batched(net) -> None:
+    from endoscope_envoy import BatchingError
+
+    model = NNsight(net)
+    with pytest.raises(BatchingError, match="override _batch_inputs"):
+        with model.trace() as tracer:
+            with tracer.invoke(torch.ones(1, 4)):
+                pass
+            with tracer.invoke(torch.ones(1, 5)):
+                pass
+
+
+def test_trace_without_input(net) -> None:
+    model = NNsight(net)
+    with pytest.raises(ValueError, match="no input"):
+        with model.trace():
+            pass
