@@ -12,6 +12,7 @@ from endoscope_interleaver import GreenletScheduler, Interleaver, Scheduler, Thr
 from ._batching import batch_inputs
 from ._config import CONFIG
 from ._envoy import Envoy
+from ._interleaving import recording_point_order
 from ._tracer import InterleavingTracer
 
 __all__ = ["NNsight"]
@@ -53,6 +54,7 @@ class NNsight(Envoy):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}.")
         self._envoy_types: dict[type, type[Envoy]] = {**type(self).envoys, **(envoys or {})}
         self._interleaver: Interleaver | None = None
+        self._point_order: dict[str, int] | None = None
         self._scheduler_choice = scheduler
         self._rename: dict[str, list[str]] = {
             key: [value] if isinstance(value, str) else list(value)
@@ -124,9 +126,14 @@ class NNsight(Envoy):
         interleaver = tracer.interleaver
         previous, self._interleaver = self._interleaver, interleaver
         output = None
+        learn = self._point_order is None
         try:
             with interleaver:
-                output = self._run(*args, **kwargs)
+                if learn:
+                    with recording_point_order(self):
+                        output = self._run(*args, **kwargs)
+                else:
+                    output = self._run(*args, **kwargs)
                 output = tracer._provide_result(output)
         finally:
             self._interleaver = previous

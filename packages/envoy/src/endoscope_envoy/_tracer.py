@@ -19,10 +19,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from endoscope_interleaver import Barrier, Interleaver, Mediator, eproperty
+from endoscope_interleaver import Barrier, Mediator, eproperty
 from endoscope_tracing import SAVED, Tracer, write_locals
 
 from ._batching import BatchingError, TorchBatcher
+from ._interleaving import EnvoyInterleaver
 from ._saving import mounted_save
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ class InterleavingTracer(Tracer):
     def __init__(self, model: NNsight, *inputs: Any, **kwargs: Any) -> None:
         super().__init__(*inputs, **kwargs)
         self.model = model
-        self.interleaver = Interleaver(scheduler=model._make_scheduler(), tracer=self)
+        self.interleaver = EnvoyInterleaver(
+            scheduler=model._make_scheduler(), tracer=self, model=model
+        )
         self.invokers: list[Invoker] = []
         self._globals: dict[str, Any] | None = None
         self._source_globals: dict[str, Any] | None = None
