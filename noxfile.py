@@ -121,7 +121,8 @@ def _install_packages(session: nox.Session, packages: list[Package], *, torch: b
         add(package)
     requirements: list[str] = [*TEST_DEPS]
     if torch:
-        requirements.insert(0, TORCH)
+        # numpy: the torch wheel warns at import without it.
+        requirements[:0] = [TORCH, "numpy"]
     for package in wanted.values():
         extras = f"[{','.join(package.extras)}]" if package.extras else ""
         requirements.append(f"{package.path}{extras}")

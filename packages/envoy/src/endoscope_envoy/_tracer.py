@@ -113,7 +113,12 @@ class InterleavingTracer(Tracer):
         """The model's return value (read it inside the trace, like any output)."""
 
     def cache(self, modules: Any = None, **options: Any) -> Any:
-        """Record module values for this trace; see :func:`endoscope_envoy.cache_modules`."""
+        """Record module values during this trace and return the navigable cache.
+
+        Options: ``device="cpu"``, ``dtype=None``, ``detach=True``,
+        ``include_output=True``, ``include_inputs=False``, ``directory=None``
+        (stream to safetensors shards). See :func:`attach_cache`.
+        """
         from ._caching import attach_cache
 
         return SAVED.mark(attach_cache(self, modules, **options))
