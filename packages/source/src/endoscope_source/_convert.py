@@ -222,11 +222,15 @@ def _pin_lines(source: FunctionSource) -> None:
     """Keep the lines the code was compiled from in linecache for tracebacks.
 
     Files on disk are left to linecache's usual handling (it re-reads them when
-    they change, like for any other code); sources that exist only in memory
-    are stored with no modification time, which linecache never evicts.
+    they change, like for any other code). Sources that exist only in memory
+    (a notebook cell, a registered string) are stored with no modification
+    time, which ``linecache.checkcache`` never evicts.
     """
     filename = source.filename
-    if os.path.exists(filename) or linecache.cache.get(filename):
+    if os.path.exists(filename):
+        return
+    entry = linecache.cache.get(filename)
+    if entry is not None and len(entry) == 4 and entry[1] is None:
         return
     lines = list(source.lines)
     linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)

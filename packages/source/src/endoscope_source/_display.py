@@ -16,37 +16,41 @@ order they run, the first beside the code and the others below it.
 
 from __future__ import annotations
 
-import textwrap
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._accessor import SourceAccessor
+    from ._locate import FunctionSource
     from ._operation import OperationAccessor
+    from ._rewrite import CallSite
 
 __all__ = ["format_accessor", "format_operation"]
 
 _CONTEXT = 2
 
 
-def _dedented(lines: list[str]) -> tuple[list[str], int]:
-    """Dedent lines together; return them and the number of characters removed."""
-    text = textwrap.dedent("".join(line if line.endswith("\n") else line + "\n" for line in lines))
-    out = text.splitlines()
-    removed = 0
-    for raw, new in zip(lines, out):
-        stripped = raw.rstrip("\r\n")
-        if new.strip():
-            removed = len(stripped) - len(new)
-            break
-    return out, removed
+def _indent(source: FunctionSource) -> int:
+    """Common leading whitespace (in characters) of the function's non-blank lines."""
+    widths = [
+        len(line) - len(line.lstrip())
+        for line in (source.line(n) for n in range(source.first_line, source.end_line + 1))
+        if line.strip()
+    ]
+    return min(widths, default=0)
+
+
+def _strip(line: str, indent: int) -> str:
+    head = line[:indent]
+    return line[indent:] if not head.strip() else line.lstrip()
 
 
 def format_accessor(accessor: SourceAccessor) -> str:
     """Return the function's source with each operation's name beside its line."""
     source = accessor.conversion.source
     first, last = source.first_line, source.end_line
-    code, _ = _dedented([source.line(n) for n in range(first, last + 1)])
+    indent = _indent(source)
+    code = [_strip(source.line(n), indent) for n in range(first, last + 1)]
     by_line: defaultdict[int, list[str]] = defaultdict(list)
     for site in accessor.sites:
         by_line[site.line].append(site.name)
@@ -69,7 +73,7 @@ def format_operation(op: OperationAccessor) -> str:
     """Return the lines around one operation's call, with the call underlined."""
     site = op.site
     accessor = op.accessor
-    header = f"{op.path}: {site.text}"
+    header = f"{op.path}: {' '.join(site.text.split())}"
     if accessor is None:
         return header
     source = accessor.conversion.source
@@ -77,7 +81,8 @@ def format_operation(op: OperationAccessor) -> str:
     lo = max(source.first_line, site.lineno - _CONTEXT)
     hi = min(source.end_line, site.end_lineno + _CONTEXT)
     raw = [source.line(n) for n in range(lo, hi + 1)]
-    code, removed = _dedented(raw)
+    removed = _indent(source)
+    code = [_strip(line, removed) for line in raw]
     digits = len(str(hi))
     out = [header]
     for number, original, text in zip(range(lo, hi + 1), raw, code):
@@ -85,15 +90,24 @@ def format_operation(op: OperationAccessor) -> str:
         marker = "->" if inside else "  "
         out.append(f" {marker} {number:>{digits}} | {text}".rstrip())
         if inside:
-            encoded = original.encode("utf-8")
-            start = (
-                site.col_offset if number == site.lineno else len(original) - len(original.lstrip())
-            )
-            end = site.end_col_offset if number == site.end_lineno else len(encoded)
-            start_chars = len(encoded[:start].decode("utf-8", "replace")) - removed
-            end_chars = len(encoded[:end].decode("utf-8", "replace")) - removed
-            if number != site.lineno:
-                start_chars = len(original) - len(original.lstrip()) - removed
-            carets = "^" * max(1, end_chars - start_chars)
-            out.append(f"    {'':>{digits}} | {' ' * max(0, start_chars)}{carets}")
+            start, end = _span_on_line(original, number, site)
+            carets = "^" * max(1, end - start)
+            out.append(f"    {'':>{digits}} | {' ' * max(0, start - removed)}{carets}")
     return "\n".join(out)
+
+
+def _span_on_line(line: str, number: int, site: CallSite) -> tuple[int, int]:
+    """Character columns covered by the call on one of its lines.
+
+    AST columns are UTF-8 byte offsets; the display needs characters.
+    """
+    encoded = line.encode("utf-8")
+    if number == site.lineno:
+        start = len(encoded[: site.col_offset].decode("utf-8", "replace"))
+    else:
+        start = len(line) - len(line.lstrip())
+    if number == site.end_lineno:
+        end = len(encoded[: site.end_col_offset].decode("utf-8", "replace"))
+    else:
+        end = len(line.rstrip())
+    return start, end

@@ -54,7 +54,8 @@ def resolve_true_forward(obj: object) -> FunctionType:
     Peeled off, repeatedly and in any order:
 
     - a wrapper carrying :data:`TRUE_FORWARD_ATTR`;
-    - accelerate's hook: ``obj._old_forward`` when ``obj.forward`` was replaced;
+    - accelerate's hook: ``obj._old_forward``, when ``obj.forward`` is the
+      instance-level wrapper that calls it;
     - ``__wrapped__`` on an instance-level wrapper (``torch.compile``,
       ``functools.wraps``);
     - a bound method of ``obj``, or ``functools.partial(fn, obj)``.
@@ -88,7 +89,6 @@ def resolve_true_forward(obj: object) -> FunctionType:
                 "needs a forward that receives the instance. Use SourceAccessor on it directly."
             )
     seen: set[int] = set()
-    used_old_forward = False
     for _ in range(_MAX_LAYERS):
         if id(current) in seen:
             break
@@ -104,8 +104,8 @@ def resolve_true_forward(obj: object) -> FunctionType:
             current = func
             continue
         old = inst.get("_old_forward")
-        if old is not None and not used_old_forward and old is not current:
-            used_old_forward = True
+        if old is not None and current is inst.get("forward") and old is not current:
+            # accelerate: obj.forward = partial(new_forward, obj) calls obj._old_forward.
             current = old
             continue
         wrapped = getattr(current, "__wrapped__", None)

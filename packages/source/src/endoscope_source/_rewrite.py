@@ -15,8 +15,9 @@ invisible to ``locals()``, debuggers and the module namespace.
 The slow branch passes the callee and evaluated arguments to ``OP._call``, which
 reads the hook lists when the call actually happens, after the arguments ran.
 Calls nested in a slow branch take the slow form directly (``OP._call(...)``
-without the test), which keeps the generated code linear in the size of the
-original instead of doubling at every level of nesting.
+without the test). Each site then appears once in the fast branches and once
+per enclosing slow branch: the generated code grows with size times nesting
+depth, instead of doubling at every level of nesting.
 
 Calls inside the function's own decorators, default values and annotations
 run when the function is defined, not when it is called, so they are left
