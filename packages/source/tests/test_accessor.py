@@ -301,3 +301,24 @@ def test_no_reference_cycles(no_gc: None) -> None:
     assert acc_ref() is None
     assert op_ref() is None
     assert injected_ref() is None
+
+
+def test_copies_and_pickles_are_fresh_accessors() -> None:
+    import copy
+    import pickle
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.acc = SourceAccessor(helper, path="p")  # type: ignore[attr-defined]
+    holder.acc.str_0.post_hooks.append(lambda v: v)  # type: ignore[attr-defined]
+    clone = copy.deepcopy(holder)
+    assert clone.acc is not holder.acc  # type: ignore[attr-defined]
+    assert clone.acc.path == "p" and clone.acc.function is helper  # type: ignore[attr-defined]
+    assert not clone.acc.hooked  # type: ignore[attr-defined]
+    restored = pickle.loads(pickle.dumps(SourceAccessor(helper, path="q")))
+    assert restored.path == "q" and restored(12) == helper(12)
+    block = Block()
+    bound = copy.deepcopy(SourceAccessor(block.forward))
+    assert bound.instance is not block and bound(2) == block.forward(2)

@@ -7,7 +7,11 @@ the slow path), and while the accessor is watched (nested call sites detour).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +124,16 @@ def test_generator_identity_and_qualnames() -> None:
     accessor = SourceAccessor(outer)
     assert accessor(3) == outer(3)
     assert accessor.injected.__qualname__ == outer.__qualname__
+
+
+@pytest.mark.parametrize("mode", ["unhooked", "hooked", "watched"])
+def test_stdlib_modules_behave_identically_when_injected(mode: str) -> None:
+    script = Path(__file__).with_name("stdlib_stress.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, str(script), mode], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    patched, same = result.stdout.split()
+    assert int(patched.split("=")[1]) > 200
+    assert same == "same=True"

@@ -307,6 +307,20 @@ class SourceAccessor:
             f"{message}; it has {len(self.operations)} operations (print the accessor to list them)"
         )
 
+    # -- copying ------------------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copy or pickle as a fresh accessor of the same function and path.
+
+        Hooks are transient and not carried over; this keeps ``copy.deepcopy``
+        and pickling of objects that cache an accessor working.
+        """
+        target = self._target
+        given: Callable[..., Any] = target.given
+        if target.instance is not NO_INSTANCE:
+            given = MethodType(given, target.instance)
+        return (type(self), (given, self.path))
+
     # -- display ----------------------------------------------------------------
 
     def __str__(self) -> str:

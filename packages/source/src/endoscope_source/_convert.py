@@ -28,7 +28,7 @@ from types import CellType, CodeType, FunctionType
 
 from ._errors import UnsupportedFunctionError
 from ._functions import copy_function
-from ._locate import FunctionSource, describe, locate
+from ._locate import CO_ITERABLE_COROUTINE, FunctionSource, describe, locate
 from ._rewrite import CallSite, FunctionCallWrapper
 from ._scaffold import compile_function, scaffold_qualname, strip_signature
 
@@ -194,7 +194,10 @@ def convert(fn: Callable[..., object]) -> Conversion:
         freevars=code.co_freevars,
         flags=code.co_flags,
         imports=source.imports,
+        module_names=source.module_names,
     )
+    if code.co_flags & CO_ITERABLE_COROUTINE:  # set by @types.coroutine
+        new_code = new_code.replace(co_flags=new_code.co_flags | CO_ITERABLE_COROUTINE)
     scaffold = scaffold_qualname(source.node, source.private_name, code.co_freevars)
     original = source.qualname
 

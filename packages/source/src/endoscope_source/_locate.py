@@ -31,15 +31,18 @@ from ._scaffold import (
     FunctionNode,
     compile_function,
     module_imports,
+    module_scope_names,
     scaffold_qualname,
     strip_signature,
 )
 
-__all__ = ["FunctionSource", "describe", "locate"]
+__all__ = ["CO_ITERABLE_COROUTINE", "FunctionSource", "describe", "locate"]
 
 # Flags that change what a code object does; others (CO_NESTED, CO_NOFREE...)
 # depend on where it was compiled and are not compared.
 _SEMANTIC_FLAGS = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80 | 0x100 | 0x200
+# Set after compiling by types.coroutine; carried over to the injected code.
+CO_ITERABLE_COROUTINE = 0x100
 
 _PARSE_CACHE_SIZE = 16
 
@@ -59,6 +62,7 @@ def describe(obj: object) -> str:
 class _ParsedFile:
     tree: ast.Module
     imports: list[ast.stmt]
+    module_names: tuple[str, ...]
     # first line of a function (its first decorator for a def) -> candidates,
     # each with the name of the class it was written in (for mangling).
     index: dict[int, list[tuple[FunctionNode, str | None]]]
@@ -79,6 +83,7 @@ class FunctionSource:
         qualname: The qualified name the function was compiled with, which
             prefixes the qualified names of functions nested in it.
         imports: The module's top-level import statements (for the scaffold).
+        module_names: Module-scope names the scaffold mirrors.
     """
 
     filename: str
@@ -88,6 +93,7 @@ class FunctionSource:
     flags: int
     qualname: str
     imports: Sequence[ast.stmt]
+    module_names: tuple[str, ...]
 
     @property
     def first_line(self) -> int:
@@ -142,7 +148,9 @@ def _parse(filename: str, lines: Sequence[str]) -> _ParsedFile:
             f"the source file {filename!r} does not parse ({exc.msg}, line {exc.lineno}); "
             "it may have been edited since the code was imported"
         ) from None
-    parsed = _ParsedFile(tree, module_imports(tree), _index(tree))
+    parsed = _ParsedFile(
+        tree, module_imports(tree), module_scope_names(text, filename), _index(tree)
+    )
     with _cache_lock:
         _parse_cache[key] = parsed
         while len(_parse_cache) > _PARSE_CACHE_SIZE:
@@ -188,7 +196,8 @@ class _CodeComparison:
         self.scaffold_qualname = scaffold_qualname
         self.original_qualname: str | None = None
 
-    def same(self, a: CodeType, b: CodeType) -> bool:
+    def same(self, a: CodeType, b: CodeType, *, top: bool = False) -> bool:
+        flags = _SEMANTIC_FLAGS & ~CO_ITERABLE_COROUTINE if top else _SEMANTIC_FLAGS
         if (
             a.co_code != b.co_code
             or a.co_names != b.co_names
@@ -198,7 +207,7 @@ class _CodeComparison:
             or a.co_argcount != b.co_argcount
             or a.co_posonlyargcount != b.co_posonlyargcount
             or a.co_kwonlyargcount != b.co_kwonlyargcount
-            or (a.co_flags & _SEMANTIC_FLAGS) != (b.co_flags & _SEMANTIC_FLAGS)
+            or (a.co_flags & flags) != (b.co_flags & flags)
             or len(a.co_consts) != len(b.co_consts)
         ):
             return False
@@ -272,7 +281,7 @@ def locate(fn: FunctionType) -> FunctionSource:
             "function's bytecode (pytest rewrites assert statements in test modules: move the "
             "function to a module that is not a test file)."
         )
-    node, private, qualname, imports = found
+    node, private, qualname, parsed = found
     return FunctionSource(
         filename=filename,
         lines=lines,
@@ -280,13 +289,14 @@ def locate(fn: FunctionType) -> FunctionSource:
         private_name=private,
         flags=code.co_flags,
         qualname=qualname,
-        imports=imports,
+        imports=parsed.imports,
+        module_names=parsed.module_names,
     )
 
 
 def _match(
     fn: FunctionType, filename: str, lines: Sequence[str]
-) -> tuple[FunctionNode, str | None, str, Sequence[ast.stmt]] | None:
+) -> tuple[FunctionNode, str | None, str, _ParsedFile] | None:
     code = fn.__code__
     parsed = _parse(filename, lines)
     lambda_target = code.co_name == "<lambda>"
@@ -303,11 +313,12 @@ def _match(
                 freevars=code.co_freevars,
                 flags=code.co_flags,
                 imports=parsed.imports,
+                module_names=parsed.module_names,
             )
         except SyntaxError:
             continue
         comparison = _CodeComparison(scaffold_qualname(node, private, code.co_freevars))
-        if comparison.same(candidate, code):
+        if comparison.same(candidate, code, top=True):
             qualname = getattr(code, "co_qualname", None) or comparison.original_qualname
-            return node, private, qualname or fn.__qualname__, parsed.imports
+            return node, private, qualname or fn.__qualname__, parsed
     return None

@@ -231,9 +231,6 @@ class OperationAccessor:
         """Slow path of a call site: run ``fn`` through the hooks present right now."""
         if not self._hooked:
             return fn(*args, **kwargs)
-        return self._run(fn, args, kwargs)
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         replacement = self._fn_replacement
         if replacement is not None:
             # Consumed before the call: a consumer may install the next

@@ -4,10 +4,12 @@ A function cut out of its file compiles differently unless four things are
 reproduced: its free variables must stay free (not turn into globals), private
 names (``self.__x``) must be mangled with the class they were written in, the
 ``__future__`` flags of its module must apply, and (Python 3.13) the compiler
-must know which globals are imported modules, since it emits a plainer
-attribute load for ``module.function(...)``. The scaffold is::
+must know which globals are imported modules (it emits a plainer attribute
+load for ``module.function(...)``) and (3.12+) whether the module scope
+mentions ``super``. The scaffold is::
 
     <the module's top-level import statements>
+    super                                 # only if the module mentions it
     class <ClassName>:                    # only when names need mangling
         def __endoscope_factory__(<free variables of the function>):
             global <name>                 # unless the name is itself free
@@ -22,7 +24,9 @@ from __future__ import annotations
 import __future__
 
 import ast
-from collections.abc import Sequence
+import symtable
+import sys
+from collections.abc import Callable, Sequence
 from types import CodeType
 from typing import Any, TypeVar
 
@@ -32,6 +36,7 @@ __all__ = [
     "FunctionNode",
     "compile_function",
     "module_imports",
+    "module_scope_names",
     "scaffold_qualname",
     "strip_signature",
 ]
@@ -111,6 +116,7 @@ def compile_function(
     freevars: Sequence[str],
     flags: int,
     imports: Sequence[ast.stmt] = (),
+    module_names: Sequence[str] = (),
 ) -> CodeType:
     """Compile ``node`` in its scaffold and return the code object of the function.
 
@@ -123,6 +129,8 @@ def compile_function(
         flags: ``__future__`` compiler flags of the original code.
         imports: The module's top-level import statements (see
             :func:`module_imports`); compiled, never executed.
+        module_names: Names the module's own scope mentions that change how
+            the function compiles (see :func:`module_scope_names`).
 
     Returns:
         The compiled code object of the function itself.
@@ -170,7 +178,11 @@ def compile_function(
         if _HAS_TYPE_PARAMS:
             class_fields["type_params"] = []
         top = _place(ast.ClassDef(**class_fields), line, end_line)
-    module = ast.Module(body=[*imports, top], type_ignores=[])
+    mentions: list[ast.stmt] = [
+        _place(ast.Expr(value=_place(ast.Name(id=name, ctx=ast.Load()), line, line)), line, line)
+        for name in module_names
+    ]
+    module = ast.Module(body=[*imports, *mentions, top], type_ignores=[])
     code = compile(module, filename, "exec", flags=flags & FUTURE_FLAGS, dont_inherit=True)
     name = "<lambda>" if isinstance(node, ast.Lambda) else node.name
     found = _find_code(code, name, line)
@@ -205,19 +217,48 @@ def module_imports(tree: ast.Module) -> list[ast.stmt]:
     return found
 
 
+def module_scope_names(text: str, filename: str) -> tuple[str, ...]:
+    """Names whose presence in the module's own scope changes how functions compile.
+
+    Python 3.12+ compiles ``super().f()`` to a special instruction only when
+    the module scope never mentions ``super`` (``_safe_super = super`` turns it
+    off for the whole module).
+    """
+    if sys.version_info < (3, 12) or "super" not in text:
+        return ()
+    try:
+        table = symtable.symtable(text, filename, "exec")
+        table.lookup("super")
+    except (KeyError, SyntaxError):
+        return ()
+    return ("super",)
+
+
 def _expr_stmt(node: ast.Lambda) -> ast.stmt:
     stmt = ast.Expr(value=node)
     return ast.copy_location(stmt, node)
 
 
 def _find_code(code: CodeType, name: str, line: int) -> CodeType | None:
-    """Breadth-first search of nested code objects for the function's own code."""
+    """Find the function's own code inside the factory's compiled code.
+
+    The search starts at the factory, so a class wrapper named like the
+    function (``class f: def f(self)``) is never mistaken for it.
+    """
+    factory = _search(code, lambda c: c.co_name == FACTORY_NAME)
+    if factory is None:
+        return None
+    return _search(factory, lambda c: c.co_name == name and c.co_firstlineno == line)
+
+
+def _search(code: CodeType, wanted: Callable[[CodeType], bool]) -> CodeType | None:
+    """Breadth-first search of the code objects nested in ``code``."""
     queue = [code]
     while queue:
         current = queue.pop(0)
         for const in current.co_consts:
             if isinstance(const, CodeType):
-                if const.co_name == name and const.co_firstlineno == line:
+                if wanted(const):
                     return const
                 queue.append(const)
     return None
