@@ -187,8 +187,8 @@ class Envoy:
         """The device of the module's first parameter or buffer (CPU if it has none)."""
         for tensor in self._module.parameters():
             return tensor.device
-        for tensor in self._module.buffers():
-            return tensor.device
+        for buffer in self._module.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     # ------------------------------------------------------- interleaving

@@ -78,6 +78,10 @@ def _noop_pre_hook(module: Any, args: Any) -> None:
     return None
 
 
+def _noop_installer(module: Any) -> Callable[[], Any]:
+    return lambda: module.register_forward_pre_hook(_noop_pre_hook)
+
+
 def ensure_slow_path(envoy: Envoy, *, include_self: bool = False) -> None:
     """Give ``envoy``'s ancestors (and itself if asked) a hook for this run.
 
@@ -93,9 +97,7 @@ def ensure_slow_path(envoy: Envoy, *, include_self: bool = False) -> None:
     node = envoy if include_self else envoy._parent
     while node is not None:
         module = node._module
-        if not interleaver.ensure_hook(
-            (id(module), "slow"), lambda m=module: m.register_forward_pre_hook(_noop_pre_hook)
-        ):
+        if not interleaver.ensure_hook((id(module), "slow"), _noop_installer(module)):
             break  # its ancestors were given one with it
         node = node._parent
 
@@ -140,12 +142,12 @@ def _install_skip_forward(envoy: Envoy) -> _Removable:
 
     # Lets endoscope-source's resolve_true_forward see through this wrapper.
     forward.__endoscope_true_forward__ = original  # type: ignore[attr-defined]
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
 
     def remove() -> None:
         module.__dict__.pop("_endoscope_skip", None)
         if had_instance_forward:
-            module.forward = original  # type: ignore[method-assign]
+            module.forward = original
         else:
             module.__dict__.pop("forward", None)
 

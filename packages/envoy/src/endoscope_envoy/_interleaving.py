@@ -54,7 +54,7 @@ class EnvoyInterleaver(Interleaver):
         order = self.model._point_order
         asked_at = self._asked_at.get(requester)
         wanted, at = _base(requester), _base(asked_at)
-        if order and wanted in order and at in order and order[wanted] < order[at]:  # type: ignore[index]
+        if order and wanted in order and at in order and order[wanted] < order[at]:
             return self._out_of_order(requester, asked_at)
         return super()._missed(requester)
 

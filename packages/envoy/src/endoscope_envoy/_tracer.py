@@ -178,13 +178,13 @@ class InterleavingTracer(Tracer):
             if len(with_input) == 1:
                 groups = [None] * len(groups)
         for mediator, group in zip(mediators, groups):
-            mediator.batch_group = group  # type: ignore[union-attr]
+            mediator.batch_group = group
         if len(mediators) > 1:
             for invoker, mediator in zip(self.invokers, mediators):
-                mediator.push = self._switch_push(invoker)  # type: ignore[union-attr]
-                mediator.pull = self._switch_pull(invoker)  # type: ignore[union-attr]
+                mediator.push = self._switch_push(invoker)
+                mediator.pull = self._switch_pull(invoker)
         batcher = TorchBatcher(batch_size) if batch_size is not None and any(groups) else None
-        self.interleaver.initialize(mediators, batcher=batcher, tracer=self)  # type: ignore[arg-type]
+        self.interleaver.initialize(mediators, batcher=batcher, tracer=self)
         args, kwargs = inputs[0]
         self._output = model._interleave(self, args, kwargs)
         self._ran = True

@@ -66,7 +66,7 @@ class TracerInfo:
 class Backend(Protocol):
     """Decides what happens to a captured block when its ``with`` statement ends."""
 
-    def __call__(self, tracer: Tracer) -> Any:
+    def __call__(self, tracer: Tracer, /) -> Any:
         """Process the captured ``tracer`` (typically compile and execute it)."""
         ...
 
