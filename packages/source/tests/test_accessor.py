@@ -322,3 +322,13 @@ def test_copies_and_pickles_are_fresh_accessors() -> None:
     block = Block()
     bound = copy.deepcopy(SourceAccessor(block.forward))
     assert bound.instance is not block and bound(2) == block.forward(2)
+
+
+def test_an_injected_function_stands_for_its_original() -> None:
+    acc = SourceAccessor(decorated)
+    again = SourceAccessor(acc.injected)
+    assert again.function is acc.function and again.given is decorated
+    op = SourceAccessor(Block.forward).helper_0
+    nested = op.source_for(helper)
+    assert op.source_for(nested.injected) is nested
+    assert nested.given is helper

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import CellType, CodeType, FunctionType
 
 from ._errors import UnsupportedFunctionError
-from ._functions import copy_function
+from ._functions import ORIGINAL_ATTR, copy_function
 from ._locate import CO_ITERABLE_COROUTINE, FunctionSource, describe, locate
 from ._rewrite import CallSite, FunctionCallWrapper
 from ._scaffold import compile_function, scaffold_qualname, strip_signature
@@ -94,7 +94,9 @@ class Conversion:
         code = _map_consts(self.code, swap)
         cells: dict[str, CellType] = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
         closure = tuple(cells[name] for name in code.co_freevars)
-        return copy_function(fn, code, closure or None)
+        injected = copy_function(fn, code, closure or None)
+        setattr(injected, ORIGINAL_ATTR, fn)
+        return injected
 
 
 def _placeholder(index: int) -> str:

@@ -36,7 +36,10 @@ from types import (
 from ._errors import SourceUnavailableError, UnsupportedFunctionError
 from ._locate import describe
 
-__all__ = ["NO_INSTANCE", "Target", "copy_function", "resolve_target"]
+__all__ = ["NO_INSTANCE", "ORIGINAL_ATTR", "Target", "copy_function", "resolve_target"]
+
+ORIGINAL_ATTR = "__endoscope_original__"
+"""Set on every injected function (and cloned wrapper): the function it was made from."""
 
 _C_CALLABLES = (
     BuiltinFunctionType,
@@ -113,6 +116,7 @@ class Target:
                 cells.append(CellType(inner_new) if held is inner_old else cell)
             clone = copy_function(wrapper, wrapper.__code__, tuple(cells) or None)
             clone.__wrapped__ = inner_new  # type: ignore[attr-defined]
+            setattr(clone, ORIGINAL_ATTR, wrapper)
             inner_old, inner_new = wrapper, clone
         return inner_new
 
@@ -163,7 +167,8 @@ def resolve_target(obj: Callable[..., object]) -> Target:
 
     Args:
         obj: A function, bound method, ``staticmethod``/``classmethod`` object or
-            ``functools.wraps``-style decorated function.
+            ``functools.wraps``-style decorated function. An injected function
+            made by endoscope stands for its original.
 
     Returns:
         The :class:`Target`.
@@ -180,6 +185,10 @@ def resolve_target(obj: Callable[..., object]) -> Target:
         current = current.__func__
     if isinstance(current, (staticmethod, classmethod)):
         current = current.__func__
+    if isinstance(current, FunctionType):
+        # An injected function (say, a fn_replacement seen by a fn hook) stands
+        # for the function it was made from.
+        current = current.__dict__.get(ORIGINAL_ATTR, current)
     if not isinstance(current, FunctionType):
         wrapped = getattr(current, "__wrapped__", None)
         if wrapped is not None and not isinstance(current, _C_CALLABLES):
