@@ -189,3 +189,11 @@ def demo(session: nox.Session) -> None:
     """Run the main job: the endoscope demo."""
     _install_packages(session, [_by_name("tracing")], torch=False)
     session.run("python", str(ROOT / "examples" / "demo.py"), *session.posargs)
+
+
+@nox.session(python=TORCH_PYTHONS[0], default=False)
+def bench(session: nox.Session) -> None:
+    """Run the overhead benchmark (options after ``--``, e.g. ``--quick``)."""
+    _install_packages(session, list(PACKAGES), torch=True)
+    session.install("transformers")  # for the tiny GPT-2 (random weights, no download)
+    session.run("python", str(ROOT / "benchmarks" / "overhead.py"), *session.posargs)

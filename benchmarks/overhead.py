@@ -1,0 +1,735 @@
+"""Overhead of endoscope over a plain forward pass, next to plain torch hooks.
+
+Run from the repository root with the endoscope packages (and, for the GPT-2 part,
+``transformers``) installed::
+
+    python benchmarks/overhead.py [--quick] [--reps N] [--scheduler greenlet|thread]
+                                  [--compare nnsight]
+
+or ``nox -s bench -- [options]``.
+
+Two models, both on one torch thread with batch 1:
+
+* ``mlp``: 12 blocks, each ``Linear(64, 64)`` then ``ReLU``; the 12 points are the
+  12 block outputs.
+* ``gpt2``: ``GPT2LMHeadModel`` with random weights from
+  ``GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)`` on
+  input ids of shape (1, 8). It has only two blocks, so the 12 points are six
+  modules per block, in execution order: ``ln_1``, ``attn.c_attn``,
+  ``attn.c_proj``, ``ln_2``, ``mlp.c_fc`` and ``mlp``. All of them return a plain
+  tensor in every transformers version (block outputs are tuples in some), so every
+  scenario does exactly the same work on every point. Skipped, with a note, when
+  transformers is not installed.
+
+Scenarios, each done by endoscope inside ``model.trace(x)`` and by plain torch
+forward hooks registered before and removed after the forward (a trace registers
+its hooks per run too):
+
+* empty trace (the plain-hooks column is the plain forward itself);
+* 12 saves: keep each point's output (hooks append the tensor to a list; ``save``
+  does not copy either);
+* 12 in-place edits: ``output[..., 0] = 0`` at each point;
+* 12 replacements: ``output = output * 2`` at each point;
+* cache every module: ``tracer.cache()`` with its defaults (outputs, detached, on
+  the CPU); hooks on every module store the detached output;
+* one ``.source`` op read: the output of the first call site in one module's
+  forward (``self.fc(...)`` in the first MLP block, ``self.c_fc(...)`` in the first
+  GPT-2 MLP); hooks read the same value with a forward hook on the called module.
+
+Every variant runs once with a correctness check before timing (saved values,
+cached values and edited outputs must equal what the plain hooks produce, and edits
+must change the output), so the benchmark cannot time broken behaviour. Timing
+then runs all variants of a model round-robin in a shuffled order for many rounds,
+to spread drift over all of them, timing each call right after an untimed call of
+the same variant (so no variant is charged for what another one left behind), and
+reports medians. ``overhead`` is a variant's median minus the plain forward's
+median; ``endo/hooks`` and ``endo/nnsight`` divide endoscope's overhead by the
+other's.
+
+``--compare nnsight`` runs the same scenarios with ``nnsight.NNsight`` in the same
+process and rounds when nnsight is importable (target: endoscope's overhead at most
+half of nnsight 0.8.1's). Both libraries are called with their function form of
+save (``endoscope_envoy.save(v)``, ``nnsight.save(v)``), because nnsight mounts a
+permanent ``.save`` on every object at import, which would shadow endoscope's
+per-trace one; the bound method only calls the function, so the cost is the same.
+
+Exit status: 1 when an endoscope variant gave a wrong result, or when one of the
+core scenarios (empty, saves, edits, replacements) raised; caching and ``.source``
+are reported as unavailable when they raise (they may not be implemented yet).
+This is a benchmark: figures vary with the machine and its load; nothing here
+asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import endoscope_envoy
+
+# Printed above every results table; the integration test looks for it.
+HEADER = "| scenario |"
+CORE = ("empty trace", "12 saves", "12 in-place edits", "12 replacements")
+SCENARIOS = (*CORE, "cache every module", "one .source op read")
+
+
+# --------------------------------------------------------------------- models
+
+
+class Block(torch.nn.Module):
+    """One MLP block: ``Linear(width, width)`` then ``ReLU``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(width, width)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class MLP(torch.nn.Module):
+    """``depth`` blocks in a row, addressable as ``layers[i]``."""
+
+    def __init__(self, depth: int = 12, width: int = 64) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(Block(width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@dataclass
+class Subject:
+    """A model to benchmark and where its scenarios read and write.
+
+    Attributes:
+        name: short name used in the report.
+        description: one line describing model and input.
+        module: the torch model (its own copy; wrappers get deep copies).
+        inputs: the positional inputs of one forward.
+        points: dotted paths of the 12 modules read or written, in execution order.
+        source: ``(module path, op name, path of the module that op calls)``.
+    """
+
+    name: str
+    description: str
+    module: torch.nn.Module
+    inputs: tuple[Any, ...]
+    points: list[str]
+    source: tuple[str, str, str]
+
+
+def build_mlp() -> Subject:
+    """The 12-block MLP of width 64 on one input row."""
+    torch.manual_seed(0)
+    module = MLP().eval()
+    return Subject(
+        name="mlp",
+        description="MLP, 12 x (Linear(64, 64) + ReLU), batch 1",
+        module=module,
+        inputs=(torch.randn(1, 64),),
+        points=[f"layers.{i}" for i in range(12)],
+        source=("layers.0", "self_fc_0", "layers.0.fc"),
+    )
+
+
+def build_gpt2() -> Subject | str:
+    """The tiny random GPT-2, or why it cannot be built."""
+    try:
+        import transformers
+    except ImportError as error:
+        return f"transformers is not installed ({error}); pip install transformers to run it"
+    import logging
+
+    # The tiny vocabulary makes transformers warn about GPT-2's default token ids.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
+    torch.manual_seed(0)
+    module = transformers.GPT2LMHeadModel(config).eval()
+    per_block = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp")
+    return Subject(
+        name="gpt2",
+        description=(
+            "tiny GPT-2 (n_layer=2, n_embd=32, n_head=2, vocab 100), ids (1, 8); "
+            "12 points = h[0..1].{" + ", ".join(per_block) + "}"
+        ),
+        module=module,
+        inputs=(torch.randint(0, config.vocab_size, (1, 8)),),
+        points=[f"transformer.h.{i}.{name}" for i in range(config.n_layer) for name in per_block],
+        source=("transformer.h.0.mlp", "self_c_fc_0", "transformer.h.0.mlp.c_fc"),
+    )
+
+
+# ------------------------------------------------------------- traced bodies
+# Module-level functions so that both libraries capture the same source text.
+# ``check`` adds one read of the model's output, used only by the correctness run.
+
+
+def trace_empty(model: Any, x: Any, envoys: list[Any], save: Callable, check: bool) -> Any:
+    """An empty trace: the cost of tracing at all."""
+    with model.trace(x):
+        pass
+    return None
+
+
+def trace_saves(model: Any, x: Any, envoys: list[Any], save: Callable, check: bool) -> Any:
+    """Save the output of every point."""
+    saved = []
+    out = None
+    with model.trace(x):
+        for envoy in envoys:
+            saved.append(save(envoy.output))
+        if check:
+            out = save(model.output)
+    return saved, out
+
+
+def trace_edits(model: Any, x: Any, envoys: list[Any], save: Callable, check: bool) -> Any:
+    """Zero feature 0 of every point's output in place."""
+    out = None
+    with model.trace(x):
+        for envoy in envoys:
+            envoy.output[..., 0] = 0
+        if check:
+            out = save(model.output)
+    return out
+
+
+def trace_replacements(model: Any, x: Any, envoys: list[Any], save: Callable, check: bool) -> Any:
+    """Replace every point's output with twice its value."""
+    out = None
+    with model.trace(x):
+        for envoy in envoys:
+            envoy.output = envoy.output * 2
+        if check:
+            out = save(model.output)
+    return out
+
+
+def trace_cache(model: Any, x: Any, envoys: list[Any], save: Callable, check: bool) -> Any:
+    """Cache the output of every module."""
+    with model.trace(x) as tracer:
+        cache = tracer.cache()
+    return cache
+
+
+def trace_source(model: Any, x: Any, where: tuple[Any, str], save: Callable, check: bool) -> Any:
+    """Read one operation's output through ``.source``."""
+    envoy, op = where
+    with model.trace(x):
+        value = save(getattr(envoy.source, op).output)
+    return value
+
+
+TRACED: dict[str, Callable[..., Any]] = {
+    "empty trace": trace_empty,
+    "12 saves": trace_saves,
+    "12 in-place edits": trace_edits,
+    "12 replacements": trace_replacements,
+    "cache every module": trace_cache,
+    "one .source op read": trace_source,
+}
+
+
+# ---------------------------------------------------------- plain-hook bodies
+
+
+def _forward_with(module: torch.nn.Module, x: Any, hooks: Sequence[tuple[Any, Any]]) -> Any:
+    """Run ``module(x)`` with forward hooks that exist for this call only."""
+    handles = [target.register_forward_hook(hook) for target, hook in hooks]
+    try:
+        return module(*x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _detach(value: Any) -> Any:
+    """Detach every tensor in a nested output, as a cache does by default."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if type(value) in (tuple, list):
+        return type(value)(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def hooks_saves(module: torch.nn.Module, x: Any, targets: list[Any]) -> Any:
+    """Keep every target's output; return ``(saved, model output)``."""
+    saved: list[Any] = []
+
+    def keep(_m: Any, _a: Any, out: Any) -> None:
+        saved.append(out)
+
+    out = _forward_with(module, x, [(t, keep) for t in targets])
+    return saved, out
+
+
+def hooks_edits(module: torch.nn.Module, x: Any, targets: list[Any]) -> Any:
+    """Zero feature 0 of every target's output in place; return the model output."""
+
+    def edit(_m: Any, _a: Any, out: Any) -> None:
+        out[..., 0] = 0
+
+    return _forward_with(module, x, [(t, edit) for t in targets])
+
+
+def hooks_replacements(module: torch.nn.Module, x: Any, targets: list[Any]) -> Any:
+    """Replace every target's output with twice its value; return the model output."""
+
+    def replace(_m: Any, _a: Any, out: Any) -> Any:
+        return out * 2
+
+    return _forward_with(module, x, [(t, replace) for t in targets])
+
+
+def hooks_cache(module: torch.nn.Module, x: Any, named: list[tuple[str, Any]]) -> Any:
+    """Store every module's detached output by path; return that dict."""
+    cache: dict[str, Any] = {}
+    hooks = []
+    for name, target in named:
+
+        def record(_m: Any, _a: Any, out: Any, name: str = name) -> None:
+            cache[name] = _detach(out)
+
+        hooks.append((target, record))
+    _forward_with(module, x, hooks)
+    return cache
+
+
+def hooks_source(module: torch.nn.Module, x: Any, targets: list[Any]) -> Any:
+    """Read the output of the module one source operation calls."""
+    return hooks_saves(module, x, targets)[0][0]
+
+
+# ----------------------------------------------------------------- checking
+
+
+def _main(out: Any) -> torch.Tensor:
+    """The tensor a model's output is judged by (logits for transformers outputs)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)):
+        return _main(out[0])
+    raise TypeError(f"cannot find the main tensor of a {type(out).__name__}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether both are tensors with equal shapes and values."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+
+
+class CheckFailed(Exception):
+    """A variant ran but produced a wrong result."""
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+# ------------------------------------------------------------------ variants
+
+
+@dataclass
+class Library:
+    """An NNsight-style library under test."""
+
+    name: str
+    wrap: Callable[[torch.nn.Module], Any]
+    save: Callable[[Any], Any]
+
+
+@dataclass
+class Variant:
+    """One timed callable and what became of its check."""
+
+    scenario: str
+    impl: str  # "plain", "hooks" or a library name
+    run: Callable[[], Any]
+    status: str = "ok"  # "ok", "error" (raised) or "wrong" (check failed)
+    message: str = ""
+    times: list[int] = field(default_factory=list)
+
+    def median_us(self) -> float:
+        return statistics.median(self.times) / 1e3
+
+
+def _resolve(root: Any, path: str) -> Any:
+    """Walk a dotted path through an Envoy tree (attribute names and indices)."""
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _error_text(error: BaseException) -> str:
+    """The exception's type and the first lines of its message, on one line."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    text = " / ".join(lines[:3]) if lines else ""
+    return f"{type(error).__name__}: {text}"
+
+
+def build_variants(subject: Subject, libraries: list[Library]) -> list[Variant]:
+    """Make every variant of ``subject`` and run each library variant's check once.
+
+    Args:
+        subject: the model and its points.
+        libraries: the tracing libraries to run (endoscope first).
+
+    Returns:
+        The plain forward, the plain-hook variants and one variant per library and
+        scenario; a library variant that raised or gave a wrong result is marked
+        so and is not timed.
+    """
+    base = subject.module
+    x = subject.inputs
+    targets = [base.get_submodule(p) for p in subject.points]
+    src_path, src_op, src_called = subject.source
+    src_target = [base.get_submodule(src_called)]
+    named = list(base.named_modules())
+
+    with torch.no_grad():
+        plain_out = _main(base(*x)).clone()
+    reference: dict[str, Any] = {
+        "12 saves": hooks_saves(base, x, targets),
+        "12 in-place edits": _main(hooks_edits(base, x, targets)),
+        "12 replacements": _main(hooks_replacements(base, x, targets)),
+        "cache every module": hooks_cache(base, x, named),
+        "one .source op read": hooks_source(base, x, src_target),
+    }
+    # The plain hooks must themselves do what the scenarios claim.
+    _expect(_same(_main(reference["12 saves"][1]), plain_out), "hooks: saves changed the output")
+    _expect(not _same(reference["12 in-place edits"], plain_out), "hooks: edits had no effect")
+    _expect(not _same(reference["12 replacements"], plain_out), "hooks: replacement had no effect")
+
+    variants = [Variant("plain forward", "plain", lambda: base(*x))]
+    variants += [
+        Variant("12 saves", "hooks", lambda: hooks_saves(base, x, targets)),
+        Variant("12 in-place edits", "hooks", lambda: hooks_edits(base, x, targets)),
+        Variant("12 replacements", "hooks", lambda: hooks_replacements(base, x, targets)),
+        Variant("cache every module", "hooks", lambda: hooks_cache(base, x, named)),
+        Variant("one .source op read", "hooks", lambda: hooks_source(base, x, src_target)),
+    ]
+
+    for library in libraries:
+        module = copy.deepcopy(base)
+        try:
+            model = library.wrap(module)
+            envoys = [_resolve(model, p) for p in subject.points]
+            where = (_resolve(model, src_path), src_op)
+        except Exception as error:
+            for scenario in SCENARIOS:
+                variants.append(
+                    Variant(scenario, library.name, lambda: None, "error", _error_text(error))
+                )
+            continue
+        for scenario in SCENARIOS:
+            fn = TRACED[scenario]
+            arg = where if scenario == "one .source op read" else envoys
+            variant = Variant(
+                scenario,
+                library.name,
+                _bind(fn, model, x[0], arg, library.save),
+            )
+            try:
+                result = fn(model, x[0], arg, library.save, True)
+                _check(scenario, result, reference, plain_out, module, x, subject)
+            except CheckFailed as error:
+                variant.status, variant.message = "wrong", str(error)
+            except Exception as error:
+                variant.status, variant.message = "error", _error_text(error)
+            variants.append(variant)
+    return variants
+
+
+def _bind(fn: Callable[..., Any], model: Any, x: Any, arg: Any, save: Callable) -> Callable:
+    """``fn`` with its arguments fixed, for timing (no check)."""
+
+    def run() -> Any:
+        return fn(model, x, arg, save, False)
+
+    return run
+
+
+def _check(
+    scenario: str,
+    result: Any,
+    reference: dict[str, Any],
+    plain_out: torch.Tensor,
+    module: torch.nn.Module,
+    x: tuple[Any, ...],
+    subject: Subject,
+) -> None:
+    """Raise :class:`CheckFailed` unless ``result`` matches the plain-hooks reference."""
+    if scenario == "empty trace":
+        with torch.no_grad():
+            _expect(_same(_main(module(*x)), plain_out), "the model's output changed after a trace")
+    elif scenario == "12 saves":
+        saved, out = result
+        expected, _ = reference[scenario]
+        _expect(len(saved) == len(expected), f"{len(saved)} values saved, expected 12")
+        for path, got, want in zip(subject.points, saved, expected):
+            _expect(_same(got, want), f"saved output of {path} differs from the hooks' value")
+        _expect(_same(_main(out), plain_out), "saving changed the model's output")
+    elif scenario in ("12 in-place edits", "12 replacements"):
+        _expect(_same(_main(result), reference[scenario]), "output differs from the hooks' result")
+    elif scenario == "cache every module":
+        expected = reference[scenario]
+        for path in subject.points:
+            got = result[f"model.{path}"].output
+            _expect(_same(got, expected[path]), f"cached output of {path} differs from the hooks'")
+    elif scenario == "one .source op read":
+        _expect(_same(result, reference[scenario]), "the op's output differs from the hooks' value")
+
+
+# -------------------------------------------------------------------- timing
+
+
+def time_variants(variants: list[Variant], rounds: int, warmup: int, seed: int = 0) -> None:
+    """Run the working variants round-robin, shuffled per round, recording ns per call.
+
+    Each timed call follows an untimed call of the same variant, so it never pays
+    for state another variant left behind (invalidated type attribute caches, a
+    different allocator pattern) but does pay for what its own previous run left.
+    """
+    live = [v for v in variants if v.status == "ok"]
+    for _ in range(warmup):
+        for variant in live:
+            variant.run()
+    gc.collect()
+    rng = random.Random(seed)
+    order = list(live)
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for variant in order:
+            run = variant.run
+            run()
+            start = clock()
+            run()
+            variant.times.append(clock() - start)
+
+
+# ------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    """A microsecond figure for the table."""
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    """``numerator / denominator`` for the table; n/a when not meaningful."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return "n/a"
+    return f"{numerator / denominator:.2f}"
+
+
+def report(subject: Subject, variants: list[Variant], libraries: list[Library]) -> list[str]:
+    """Print the Markdown table for one model.
+
+    Args:
+        subject: the model benchmarked.
+        variants: its timed variants.
+        libraries: the libraries that ran (columns after endoscope's and the hooks').
+
+    Returns:
+        One note per variant that raised or gave a wrong result.
+    """
+    by_key = {(v.scenario, v.impl): v for v in variants}
+    plain = by_key[("plain forward", "plain")].median_us()
+    compare = [lib.name for lib in libraries if lib.name != "endoscope"]
+
+    def overhead(variant: Variant | None) -> float | None:
+        if variant is None or variant.status != "ok":
+            return None
+        return variant.median_us() - plain
+
+    notes: list[str] = []
+
+    def cell(variant: Variant | None) -> tuple[str, str]:
+        if variant is None:
+            return "—", "—"
+        if variant.status != "ok":
+            notes.append(
+                f"{variant.impl} / {variant.scenario}: {variant.status}: {variant.message}"
+            )
+            label = "unavailable" if variant.status == "error" else "WRONG"
+            return label, f"[{len(notes)}]"
+        return _fmt(variant.median_us()), _fmt(overhead(variant))
+
+    print(f"\n### {subject.description}")
+    print(f"\nplain forward: {plain:,.1f} us (median)\n")
+    columns = ["scenario", "endoscope us", "overhead us", "hooks us", "overhead us", "endo/hooks"]
+    for name in compare:
+        columns += [f"{name} us", "overhead us", f"endo/{name}"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
+    for scenario in SCENARIOS:
+        endo = by_key.get((scenario, "endoscope"))
+        hooks = by_key.get((scenario, "hooks"))
+        row = [scenario, *cell(endo)]
+        if scenario == "empty trace":
+            # The plain-hooks equivalent of an empty trace is the plain forward.
+            row += [_fmt(plain), "0.0", "n/a"]
+        else:
+            row += [*cell(hooks), _ratio(overhead(endo), overhead(hooks))]
+        for name in compare:
+            other = by_key.get((scenario, name))
+            row += [*cell(other), _ratio(overhead(endo), overhead(other))]
+        print("| " + " | ".join(row) + " |")
+    if notes:
+        print()
+        for i, note in enumerate(notes, 1):
+            print(f"[{i}] {note}")
+    for name in compare:
+        ratios = [
+            (s, overhead(by_key.get((s, "endoscope"))), overhead(by_key.get((s, name))))
+            for s in SCENARIOS
+        ]
+        measured = [(s, e / o) for s, e, o in ratios if e is not None and o is not None and o > 0]
+        missed = [f"{s} ({r:.2f})" for s, r in measured if r > 0.5]
+        print(
+            f"\nendo/{name} target <= 0.5: {len(measured) - len(missed)} of {len(measured)} "
+            f"measured scenarios met" + (f"; missed: {', '.join(missed)}" if missed else "")
+        )
+    return notes
+
+
+# ---------------------------------------------------------------------- main
+
+
+def _load_nnsight() -> Library | str:
+    """nnsight as a :class:`Library`, or a note saying how to get it."""
+    try:
+        import nnsight
+    except ImportError as error:
+        return (
+            f"note: --compare nnsight: nnsight is not importable here ({error}). "
+            "Install it in the benchmark's environment, e.g. for the nox session: "
+            "`nox -s bench` once, then `.nox/bench/bin/python -m pip install nnsight==0.8.1` "
+            "and `nox -R -s bench -- --compare nnsight`; elsewhere `pip install "
+            "nnsight==0.8.1`. Continuing without it."
+        )
+    try:
+        # nnsight mounts ``.save`` on ``object`` for good at import; take it off so
+        # endoscope's traces run exactly as they do without nnsight (both sides
+        # call their function form of save instead).
+        from nnsight._c import unmount
+
+        if unmount is not None and hasattr(object, "save"):
+            unmount("save")
+    except Exception:
+        pass
+    version = getattr(nnsight, "__version__", "?")
+    print(f"nnsight {version} from {nnsight.__file__}")
+    return Library("nnsight", nnsight.NNsight, nnsight.save)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
+    parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 300)")
+    parser.add_argument(
+        "--scheduler",
+        choices=("greenlet", "thread"),
+        default=None,
+        help="endoscope's scheduler (default: endoscope's CONFIG.scheduler)",
+    )
+    parser.add_argument(
+        "--compare", choices=("nnsight",), default=None, help="also run nnsight side by side"
+    )
+    parser.add_argument(
+        "--model",
+        choices=("all", "mlp", "gpt2"),
+        default="all",
+        help="which model to benchmark",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its tables.
+
+    Args:
+        argv: command line arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The exit status: 1 when endoscope gave a wrong result or a core scenario
+        raised, else 0.
+    """
+    args = parse_args(argv)
+    rounds = args.reps if args.reps is not None else (5 if args.quick else 300)
+    warmup = 1 if args.quick else 20
+    torch.set_num_threads(1)
+    scheduler = args.scheduler or endoscope_envoy.CONFIG.scheduler
+
+    print("# endoscope overhead benchmark")
+    print(
+        f"\npython {platform.python_version()}, torch {torch.__version__}, "
+        f"endoscope-envoy {endoscope_envoy.__version__}, scheduler {scheduler}, "
+        f"{torch.get_num_threads()} torch thread, {rounds} rounds after {warmup} warm-up"
+    )
+    libraries = [
+        Library(
+            "endoscope",
+            lambda module: endoscope_envoy.NNsight(module, scheduler=args.scheduler),
+            endoscope_envoy.save,
+        )
+    ]
+    if args.compare == "nnsight":
+        loaded = _load_nnsight()
+        if isinstance(loaded, str):
+            print(loaded)
+        else:
+            libraries.append(loaded)
+
+    subjects: list[Subject] = []
+    if args.model in ("all", "mlp"):
+        subjects.append(build_mlp())
+    if args.model in ("all", "gpt2"):
+        gpt2 = build_gpt2()
+        if isinstance(gpt2, str):
+            print(f"\nnote: GPT-2 skipped: {gpt2}")
+        else:
+            subjects.append(gpt2)
+
+    failed = False
+    for subject in subjects:
+        variants = build_variants(subject, libraries)
+        time_variants(variants, rounds, warmup)
+        report(subject, variants, libraries)
+        for variant in variants:
+            if variant.impl != "endoscope":
+                continue
+            if variant.status == "wrong" or (
+                variant.status == "error" and variant.scenario in CORE
+            ):
+                failed = True
+    if failed:
+        print("\nFAILED: an endoscope scenario gave a wrong result or a core scenario raised.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
