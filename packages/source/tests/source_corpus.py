@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.machinery
+import importlib.util
 import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SCALE = 3
@@ -130,6 +134,30 @@ def _() -> Any:
     return fn, (4,), {}
 
 
+@case("lambda_made_in_a_comprehension")
+def _() -> Any:
+    makers = [lambda x: abs(x) + i for i in range(3)]  # noqa: B023
+    return makers[2], (-5,), {}
+
+
+@case("nonlocal_from_a_grandparent")
+def _() -> Any:
+    def grand():
+        v = 10
+
+        def parent():
+            def child(x):
+                nonlocal v
+                v += abs(x)
+                return v, str(v)
+
+            return child
+
+        return parent()
+
+    return grand(), (-3,), {}
+
+
 @case("global_reads_and_writes")
 def _() -> Any:
     def fn(x):
@@ -239,6 +267,39 @@ def _() -> Any:
     return fn, ([-3, 4],), {}
 
 
+@case("async_comprehension", run=_coroutine)
+def _() -> Any:
+    async def fn(n):
+        async def numbers():
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield i - 1
+
+        return [abs(x) async for x in numbers() if str(x)]
+
+    return fn, (3,), {}
+
+
+@case("generator_closed_early")
+def _() -> Any:
+    log = []
+
+    def numbers():
+        try:
+            yield abs(-1)
+            yield 2
+        finally:
+            log.append(len("closed"))
+
+    def fn():
+        gen = numbers()
+        first = next(gen)
+        gen.close()
+        return first, list(log)
+
+    return fn, (), {}
+
+
 @case("async_generator", run=_async_generator)
 def _() -> Any:
     async def fn(n):
@@ -313,6 +374,18 @@ def _() -> Any:
     return Child.build, (7,), {}
 
 
+@case("dunder_class_in_a_nested_function")
+def _() -> Any:
+    class Holder:
+        def method(self):
+            def inner():
+                return __class__.__name__, str(type(self).__name__)
+
+            return inner()
+
+    return Holder.method, (Holder(),), {}
+
+
 @case("explicit_super")
 def _() -> Any:
     return Child.explicit_super, (Child(2), 5), {}
@@ -376,6 +449,14 @@ def _() -> Any:
         return f"{name.upper()!r}: {abs(x):>8.3f} {str(x)[::-1]} {len(name)=}"
 
     return fn, (-3.14159, "pi"), {}
+
+
+@case("nested_f_strings")
+def _() -> Any:
+    def fn(x):
+        return f"{f'{abs(x)!r:>{len(str(x))}}'}" + f"{x=}"
+
+    return fn, (-42,), {}
 
 
 @case("comprehensions")
@@ -615,3 +696,21 @@ def _() -> Any:
         return fn.__doc__, x * 2
 
     return fn, (4,), {}
+
+
+def _load_newer_syntax(name: str, filename: str) -> list[Case]:
+    """Load cases written in syntax newer than Python 3.10 (kept out of .py files
+    so linters targeting 3.10 do not read them)."""
+    path = str(Path(__file__).with_name(filename))
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return list(module.CASES)
+
+
+if sys.version_info >= (3, 11):
+    CASES.extend(_load_newer_syntax("source_corpus_py311", "corpus_py311.pysrc"))
+if sys.version_info >= (3, 12):
+    CASES.extend(_load_newer_syntax("source_corpus_py312", "corpus_py312.pysrc"))

@@ -332,3 +332,9 @@ def test_an_injected_function_stands_for_its_original() -> None:
     nested = op.source_for(helper)
     assert op.source_for(nested.injected) is nested
     assert nested.given is helper
+
+
+def test_a_dropped_watch_closes_itself(no_gc: None) -> None:
+    acc = SourceAccessor(Block.forward)
+    acc.watch()  # not kept
+    assert not acc.active and not acc.watching

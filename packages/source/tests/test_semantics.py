@@ -137,3 +137,12 @@ def test_stdlib_modules_behave_identically_when_injected(mode: str) -> None:
     patched, same = result.stdout.split()
     assert int(patched.split("=")[1]) > 200
     assert same == "same=True"
+
+
+def test_keyword_defaults_are_shared() -> None:
+    def fn(*, k=None):
+        return k
+
+    accessor = SourceAccessor(fn)
+    fn.__kwdefaults__["k"] = "changed"  # type: ignore[index]
+    assert accessor() == "changed"

@@ -43,7 +43,7 @@ def operation_path(path: str, name: str) -> str:
 class Watch:
     """Keeps a :class:`SourceAccessor` active until closed; a context manager.
 
-    Closing twice is harmless.
+    Closing twice is harmless; a watch that is garbage collected closes itself.
     """
 
     __slots__ = ("_accessor",)
@@ -72,6 +72,13 @@ class Watch:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # A forgotten watch must not keep its accessor on the slow path forever.
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 class SourceAccessor:

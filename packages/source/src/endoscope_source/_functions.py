@@ -71,11 +71,11 @@ def copy_function(
 ) -> FunctionType:
     """Return a new function running ``code`` with ``fn``'s globals, defaults and metadata.
 
-    Defaults, keyword defaults and attributes are shared or shallow-copied, so
-    a mutable default is the same object in both functions.
+    Default values and the keyword-defaults dict are shared, so a mutable
+    default is the same object in both functions; attributes are copied.
     """
     new = FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, closure)
-    new.__kwdefaults__ = dict(fn.__kwdefaults__) if fn.__kwdefaults__ else None
+    new.__kwdefaults__ = fn.__kwdefaults__  # the same dict: later edits show in both
     new.__qualname__ = fn.__qualname__
     new.__module__ = fn.__module__
     new.__doc__ = fn.__doc__
