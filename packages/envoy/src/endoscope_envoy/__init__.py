@@ -13,12 +13,13 @@ from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
 from ._hooks import requires_inputs, requires_output
 from ._nnsight import NNsight
-from ._saving import save
+from ._saving import mount_save, save, unmount_save
 from ._tracer import InterleavingTracer, Invoker
 from ._version import __version__
 
 register_internal_package("endoscope_envoy")
 register_internal_package("endoscope_interleaver")
+mount_save()
 
 __all__ = [
     "CONFIG",
@@ -37,7 +38,9 @@ __all__ = [
     "__version__",
     "batch_inputs",
     "eproperty",
+    "mount_save",
     "requires_inputs",
     "requires_output",
     "save",
+    "unmount_save",
 ]

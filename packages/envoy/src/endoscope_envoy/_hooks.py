@@ -19,11 +19,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import SkipException
+from endoscope_source import SOURCE_ACCESSOR_ATTR
 
 if TYPE_CHECKING:
     from ._envoy import Envoy
 
-__all__ = ["ensure_hook", "ensure_slow_path", "requires_inputs", "requires_output", "skip_module"]
+__all__ = [
+    "ensure_forward_wrapper",
+    "ensure_hook",
+    "ensure_slow_path",
+    "requires_inputs",
+    "requires_output",
+    "skip_module",
+]
 
 
 class _Removable:
@@ -45,12 +53,6 @@ def _install_output_hook(envoy: Envoy) -> Any:
 
 
 def _install_inputs_hook(envoy: Envoy) -> Any:
-    """The input pre-hook, and with it the forward wrapper that makes skipping work.
-
-    torch binds ``forward`` before running pre-hooks, so a skip decided at the
-    input (possibly after reading it) needs the wrapper in place before the call
-    starts: it is installed together with the input hook.
-    """
     interleaver = envoy.interleaver
     provider = f"{envoy.path}.input"
     handle = interleaver.handle
@@ -64,14 +66,7 @@ def _install_inputs_hook(envoy: Envoy) -> Any:
             module.__dict__["_endoscope_skip"] = skip.values
             return None
 
-    hook = module.register_forward_pre_hook(inputs_hook, with_kwargs=True, prepend=True)
-    forward = _install_skip_forward(envoy)
-
-    def remove() -> None:
-        hook.remove()
-        forward.remove()
-
-    return _Removable(remove)
+    return module.register_forward_pre_hook(inputs_hook, with_kwargs=True, prepend=True)
 
 
 def _noop_pre_hook(module: Any, args: Any) -> None:
@@ -124,21 +119,34 @@ def requires_inputs(stub: Callable[..., Any]) -> Callable[[Envoy], None]:
     @functools.wraps(stub)
     def ensure(envoy: Envoy) -> None:
         ensure_hook(envoy, "input", lambda: _install_inputs_hook(envoy))
+        ensure_forward_wrapper(envoy)
 
     return ensure
 
 
-def _install_skip_forward(envoy: Envoy) -> _Removable:
+def _install_forward_wrapper(envoy: Envoy) -> _Removable:
+    """Wrap the module's forward for this run: skips, and ``.source`` routing.
+
+    torch binds ``forward`` when a module call starts, before pre-hooks run, so
+    the wrapper goes in with the module's first input or source hook (before its
+    call) and serves a skip or a source read decided later in that call.
+    """
     module = envoy._module
     interleaver = envoy.interleaver
     had_instance_forward = "forward" in module.__dict__
     original = module.forward
 
+    def run(args: Any, kwargs: Any) -> Any:
+        accessor = module.__dict__.get(SOURCE_ACCESSOR_ATTR)
+        if accessor is not None and accessor.active:
+            return accessor.injected(module, *args, **kwargs)
+        return original(*args, **kwargs)
+
     def forward(*args: Any, **kwargs: Any) -> Any:
         skips = module.__dict__.pop("_endoscope_skip", None)
         if skips is None:
-            return original(*args, **kwargs)
-        return _merge_skips(interleaver, skips, lambda: original(*args, **kwargs))
+            return run(args, kwargs)
+        return _merge_skips(interleaver, skips, lambda: run(args, kwargs))
 
     # Lets endoscope-source's resolve_true_forward see through this wrapper.
     forward.__endoscope_true_forward__ = original  # type: ignore[attr-defined]
@@ -152,6 +160,13 @@ def _install_skip_forward(envoy: Envoy) -> _Removable:
             module.__dict__.pop("forward", None)
 
     return _Removable(remove)
+
+
+def ensure_forward_wrapper(envoy: Envoy) -> None:
+    """Install the run's forward wrapper on ``envoy``'s module (once per run)."""
+    envoy.interleaver.ensure_hook(
+        (id(envoy._module), "forward"), lambda: _install_forward_wrapper(envoy)
+    )
 
 
 def _merge_skips(interleaver: Any, skips: list[tuple[Any, Any]], run: Callable[[], Any]) -> Any:
@@ -186,6 +201,7 @@ def skip_module(envoy: Envoy, value: Any) -> None:
     """Skip ``envoy``'s module in the current invoke, with ``value`` as its output."""
     interleaver = envoy.interleaver
     ensure_hook(envoy, "input", lambda: _install_inputs_hook(envoy))
+    ensure_forward_wrapper(envoy)
     mediator = interleaver.current
     if mediator is None:
         raise RuntimeError(f"{envoy.path}.skip() can only be called inside a trace's invoke")

@@ -24,7 +24,6 @@ from endoscope_tracing import SAVED, Tracer, write_locals
 
 from ._batching import BatchingError, TorchBatcher
 from ._interleaving import EnvoyInterleaver
-from ._saving import mounted_save
 
 if TYPE_CHECKING:
     from ._nnsight import NNsight
@@ -137,10 +136,6 @@ class InterleavingTracer(Tracer):
         )
 
     def execute(self, fn: Callable[..., Any]) -> Any:
-        with mounted_save():
-            return self._execute(fn)
-
-    def _execute(self, fn: Callable[..., Any]) -> Any:
         model = self.model
         if self.args or self.kwargs:
             # model.trace(x): the body itself is the one intervention.

@@ -1,0 +1,259 @@
+"""``module.source``: read and write single operations inside a module's forward.
+
+``model.layer.source`` is a :class:`SourceEnvoy` over endoscope-source's
+accessor of the module's forward (one per module, cached on the module). Each
+call site is an :class:`OperationEnvoy` with ``.output``, ``.inputs`` and
+``.input`` eproperties, served like a module's values: reading one in a trace
+adds a hook to that operation for the run and routes the module's forward
+through the rewritten code for that run only. A module nobody source-traces runs
+its own forward; after the run every module runs its own forward again.
+
+``.source`` on an operation descends into the function it calls (resolved from
+the call site's expression: ``self.helper``, ``torch.nn.functional.gelu``,
+``some_function``), so ``model.layer.source.attention_0.source.matmul_0`` works.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from endoscope_interleaver import Interleaver, eproperty
+from endoscope_source import (
+    OperationAccessor,
+    SourceAccessor,
+    SourceError,
+    get_or_create_source_accessor,
+)
+
+from ._hooks import _Removable, ensure_forward_wrapper, ensure_slow_path
+
+if TYPE_CHECKING:
+    from ._envoy import Envoy
+
+__all__ = ["OperationEnvoy", "SourceEnvoy"]
+
+
+class SourceEnvoy:
+    """The operations of a function, by name: ``source.<op_name>``.
+
+    ``print(model.layer.source)`` shows the forward's source with each call
+    site's name beside its line.
+    """
+
+    def __init__(
+        self,
+        owner: Envoy,
+        accessor: SourceAccessor | None = None,
+        operation: OperationEnvoy | None = None,
+    ) -> None:
+        self._owner = owner
+        self._operation = operation
+        if accessor is None:
+            module = owner._module
+            try:
+                accessor = get_or_create_source_accessor(module, path=owner.path)
+            except SourceError as error:
+                raise type(error)(f"{owner.path}.source is unavailable: {error}") from None
+        self._accessor = accessor
+        self._operations: dict[str, OperationEnvoy] = {}
+
+    @property
+    def path(self) -> str:
+        """The provider path prefix of this function's operations."""
+        return f"{self._operation.path if self._operation else self._owner.path}.source"
+
+    def __getattr__(self, name: str) -> OperationEnvoy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        operations = self.__dict__["_operations"]
+        envoy = operations.get(name)
+        if envoy is None:
+            try:
+                op = self._accessor[name]
+            except (KeyError, AttributeError) as error:
+                message = error.args[0] if error.args else name
+                raise AttributeError(f"{self.path} has no operation {name!r}: {message}") from None
+            envoy = operations[name] = OperationEnvoy(self._owner, op, self)
+        return envoy
+
+    def __getitem__(self, name: str) -> OperationEnvoy:
+        return getattr(self, name)
+
+    def __iter__(self):
+        return iter([getattr(self, name) for name in self._accessor.operations])
+
+    def __len__(self) -> int:
+        return len(self._accessor.operations)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._accessor.operations})
+
+    @property
+    def operations(self) -> list[str]:
+        """Operation names in source order."""
+        return list(self._accessor.operations)
+
+    def __str__(self) -> str:
+        return str(self._accessor)
+
+    def __repr__(self) -> str:
+        return str(self._accessor)
+
+
+class OperationEnvoy:
+    """One call site of a module's forward; its values live inside a trace.
+
+    Attributes:
+        path: the provider path, e.g. ``"model.layers.0.source.self_fc_0"``.
+    """
+
+    def __init__(self, owner: Envoy, op: OperationAccessor, parent: SourceEnvoy) -> None:
+        self._owner = owner
+        self._op = op
+        self._parent = parent
+        self.path = op.path
+        self._source: SourceEnvoy | None = None
+
+    def __repr__(self) -> str:
+        return str(self._op)
+
+    @property
+    def interleaver(self) -> Interleaver:
+        """The running trace's interleaver (see :attr:`Envoy.interleaver`)."""
+        return self._owner.interleaver
+
+    def _hook(self, kind: str) -> None:
+        owner = self._owner
+        interleaver = owner.interleaver
+        ensure_slow_path(owner, include_self=True)
+        ensure_forward_wrapper(owner)
+        for parent_op in self._parent_chain():
+            interleaver.ensure_hook((id(parent_op._op), "descend"), parent_op._descend)
+        interleaver.ensure_hook(
+            (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
+        )
+
+    def _parent_chain(self) -> list[OperationEnvoy]:
+        chain = []
+        source = self._parent
+        while source._operation is not None:
+            chain.append(source._operation)
+            source = source._operation._parent
+        return chain
+
+    def _descend(self) -> _Removable:
+        op = self._op
+        hook = op.injected_for
+        op.fn_hooks.append(hook)
+        return _Removable(lambda: _remove(op.fn_hooks, hook))
+
+    # The eproperty calls its stub on every access, before the request blocks:
+    # that is where the operation gets its hook for the run.
+    @eproperty(key="output")
+    def output(self) -> Any:
+        """The operation's return value in the running trace."""
+        self._hook("output")
+
+    @eproperty(key="input")
+    def inputs(self) -> Any:
+        """The operation's ``(args, kwargs)`` in the running trace."""
+        self._hook("input")
+
+    @property
+    def input(self) -> Any:
+        """The operation's first argument (first keyword if it has no positional ones)."""
+        args, kwargs = self.inputs
+        if args:
+            return args[0]
+        return next(iter(kwargs.values()))
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        args, kwargs = self.inputs
+        if args:
+            self.inputs = ((value, *args[1:]), kwargs)
+        else:
+            first = next(iter(kwargs))
+            self.inputs = (args, {**kwargs, first: value})
+
+    @property
+    def source(self) -> SourceEnvoy:
+        """The operations of the function this call site calls (recursive ``.source``)."""
+        if self._source is None:
+            callee = _resolve_callee(self._owner._module, self._parent, self._op)
+            try:
+                nested = self._op.source_for(callee)
+            except SourceError as error:
+                raise type(error)(f"{self.path}.source is unavailable: {error}") from None
+            self._source = SourceEnvoy(self._owner, nested, self)
+        return self._source
+
+
+def _remove(hooks: list[Any], hook: Any) -> None:
+    if hook in hooks:
+        hooks.remove(hook)
+
+
+def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
+    op = envoy._op
+    handle = envoy.interleaver.handle
+    provider = f"{envoy.path}.{kind}"
+    hook: Callable[[Any], Any]
+    if kind == "output":
+
+        def hook(value: Any) -> Any:
+            return handle(provider, value, True)
+
+        hooks = op.post_hooks
+    else:
+
+        def hook(args_kwargs: Any) -> Any:
+            return handle(provider, args_kwargs, True)
+
+        hooks = op.pre_hooks
+    hooks.insert(0, hook)
+    return _Removable(lambda: _remove(hooks, hook))
+
+
+def _resolve_callee(module: Any, source: SourceEnvoy, op: OperationAccessor) -> Any:
+    """The object a call site calls, from its callee expression (``self.a.b``, ``f``, ``m.f``)."""
+    text = op.site.callee if hasattr(op.site, "callee") else None
+    if text is None:
+        text = op.site.text.split("(", 1)[0].strip()
+    parts = text.split(".")
+    if not parts or not all(part.isidentifier() for part in parts):
+        raise SourceError(
+            f"{op.path}: cannot tell which function `{op.site.text}` calls before it runs; "
+            "only calls of plain names and attribute chains can be source-traced."
+        )
+    function = source._accessor.function
+    scope = {**getattr(function, "__globals__", {}), **_closure_vars(function)}
+    if parts[0] == "self":
+        target: Any = module
+    elif parts[0] in scope:
+        target = scope[parts[0]]
+    else:
+        import builtins
+
+        if not hasattr(builtins, parts[0]):
+            raise SourceError(f"{op.path}: cannot resolve {parts[0]!r} in {text!r}")
+        target = getattr(builtins, parts[0])
+    for part in parts[1:]:
+        target = getattr(target, part)
+    forward = getattr(target, "forward", None)
+    if forward is not None and not inspect.isroutine(target):
+        raise SourceError(
+            f"{op.path} calls a module ({type(target).__name__}); use that module's own "
+            ".source on its Envoy instead."
+        )
+    return target
+
+
+def _closure_vars(function: Any) -> dict[str, Any]:
+    try:
+        return dict(inspect.getclosurevars(function).nonlocals)
+    except (TypeError, ValueError):
+        return {}

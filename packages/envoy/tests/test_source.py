@@ -1,0 +1,120 @@
+"""module.source: one operation's values inside a forward, checked against plain torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from endoscope_envoy import NNsight
+
+
+def scale(v: torch.Tensor) -> torch.Tensor:
+    return torch.mul(v, 2) + torch.abs(v)
+
+
+class Attention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = torch.nn.Linear(4, 4)
+        self.k = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = torch.matmul(self.q(x), self.k(x).transpose(-1, -2))
+        weights = F.softmax(scores, dim=-1)
+        return scale(torch.matmul(weights, x))
+
+
+@pytest.fixture
+def attention() -> Attention:
+    torch.manual_seed(0)
+    return Attention().eval()
+
+
+def test_print_names_each_call_site(attention) -> None:
+    text = str(NNsight(attention).source)
+    for name in (
+        "torch_matmul_0",
+        "self_q_0",
+        "self_k_0",
+        "transpose_0",
+        "F_softmax_0",
+        "torch_matmul_1",
+        "scale_0",
+    ):
+        assert name in text
+    operations = NNsight(attention).source.operations
+    assert (
+        operations.index("torch_matmul_0")
+        < operations.index("F_softmax_0")
+        < operations.index("torch_matmul_1")
+    )
+
+
+def test_read_operation_output_and_input(attention, no_leftovers_attention) -> None:
+    x = torch.randn(2, 3, 4)
+    model = NNsight(attention)
+    with model.trace(x):
+        scores = model.source.torch_matmul_0.output.save()
+        softmax_in = model.source.F_softmax_0.input.save()
+        out = model.output.save()
+    expected = torch.matmul(attention.q(x), attention.k(x).transpose(-1, -2))
+    assert torch.allclose(scores, expected)
+    assert torch.allclose(softmax_in, expected)
+    assert torch.allclose(out, attention(x))
+
+
+def test_write_an_operation(attention, no_leftovers_attention) -> None:
+    x = torch.randn(2, 3, 4)
+    model = NNsight(attention)
+    with model.trace(x):
+        model.source.F_softmax_0.output = torch.full((2, 3, 3), 1 / 3)
+        out = model.output.save()
+    assert torch.allclose(out, scale(torch.matmul(torch.full((2, 3, 3), 1 / 3), x)))
+
+
+def test_recursive_source(attention, no_leftovers_attention) -> None:
+    x = torch.randn(2, 3, 4)
+    model = NNsight(attention)
+    with model.trace(x):
+        doubled = model.source.scale_0.source.torch_mul_0.output.save()
+        model.source.scale_0.source.torch_abs_0.output[:] = 0
+        out = model.output.save()
+    inner = torch.matmul(
+        F.softmax(torch.matmul(attention.q(x), attention.k(x).transpose(-1, -2)), dim=-1), x
+    )
+    assert torch.allclose(doubled, inner * 2)
+    assert torch.allclose(out, inner * 2)
+
+
+def test_source_of_a_child_module_in_a_bigger_model(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        fc = model.layers[1].source.self_fc_0.output.save()
+        act_in = model.layers[1].source.self_act_0.input.save()
+    h = net.layers[0](net.embed(x))
+    assert torch.equal(fc, net.layers[1].fc(h))
+    assert torch.equal(act_in, fc)
+
+
+def test_unknown_operation_lists_names(attention) -> None:
+    with pytest.raises(AttributeError, match="F_softmax_0"):
+        NNsight(attention).source.F_softmax_9
+
+
+def test_untouched_modules_keep_their_forward(attention) -> None:
+    forward = attention.forward
+    model = NNsight(attention)
+    with model.trace(torch.randn(1, 3, 4)):
+        model.source.F_softmax_0.output.save()
+    assert attention.forward == forward
+    assert "forward" not in attention.__dict__
+
+
+@pytest.fixture
+def no_leftovers_attention(attention):
+    yield
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in attention.modules())
+    assert "forward" not in attention.__dict__
+    accessor = attention.__dict__.get("__source_accessor__")
+    assert accessor is None or not accessor.active
