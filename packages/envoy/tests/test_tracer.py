@@ -279,7 +279,7 @@ def test_dataclass_and_dict_outputs(x) -> None:
             model.inner.output.hidden[:] = 0
             a = model.output.save()
         with tracer.invoke(x[1:]):
-            inner = model.inner.output.save()
+            inner = save(model.inner.output)  # a dataclass: save(), not .save()
             b = model.output.save()
     assert torch.equal(a["result"], torch.ones(1, 4))
     assert torch.equal(inner.hidden, x[1:] * 3) and inner.extra == 7
@@ -303,3 +303,18 @@ def test_trace_without_input(net) -> None:
     with pytest.raises(ValueError, match="no input"):
         with model.trace():
             pass
+
+
+def test_save_methods_do_not_reach_every_class() -> None:
+    # Libraries that validate class attributes (anyio's typed attribute sets) must
+    # keep working after endoscope is imported.
+    class Checked:
+        def __init_subclass__(cls) -> None:
+            public = [name for name in dir(cls) if not name.startswith("_")]
+            assert public == [], public
+
+    class Sub(Checked):
+        pass
+
+    assert not hasattr(object(), "save")
+    assert hasattr(torch.ones(1), "save") and hasattr((), "save") and hasattr({}, "save")

@@ -1,13 +1,17 @@
-"""``.save()`` on any value made inside a trace.
+"""``.save()`` on the values modules produce.
 
-``value.save()`` marks a value to survive its trace, like :func:`save`. Values in
-a trace are tensors, tuples, dicts, dataclasses, numbers, anything a module
-returns, and built-in types refuse new attributes, so a ``save`` method is
-mounted on ``object`` itself, through its type dictionary, once when
-endoscope-envoy is imported (as nnsight does). A class with its own ``save``
-keeps it. Mounting per trace would be cleaner but costs hundreds of
-microseconds: ``PyType_Modified(object)`` invalidates every type's attribute
-cache.
+``value.save()`` marks a value to survive its trace, like :func:`save`. Module
+values are tensors, or tuples, lists and dicts of them (transformers' ModelOutput
+is a dict), so those types get a ``save`` method once, when endoscope-envoy is
+imported; for any other value use ``endoscope_envoy.save(value)``.
+
+Why not every object, as nnsight does: a method on ``object`` shows up in
+``dir()`` of every class, and libraries that validate class attributes (anyio's
+typed attribute sets, imported by huggingface_hub) refuse to define classes
+after it; mounting it only while a trace runs costs hundreds of microseconds per
+trace (``PyType_Modified(object)`` invalidates every type's attribute cache).
+Built-in types refuse new attributes, so the method is placed in their type
+dictionaries directly.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ import ctypes
 import gc
 from typing import Any, TypeVar
 
+import torch
+
 from endoscope_tracing import save
 
-__all__ = ["mount_save", "save", "unmount_save"]
+__all__ = ["SAVE_TYPES", "mount_save", "save", "unmount_save"]
 
 T = TypeVar("T")
+
+SAVE_TYPES: tuple[type, ...] = (torch.Tensor, tuple, list, dict)
 
 
 def _save_method(self: T) -> T:
@@ -28,21 +36,23 @@ def _save_method(self: T) -> T:
     return save(self)
 
 
-def _object_dict() -> dict[str, Any]:
-    return gc.get_referents(object.__dict__)[0]
+def _namespace(kind: type) -> dict[str, Any]:
+    return gc.get_referents(kind.__dict__)[0]  # type: ignore[no-any-return]
 
 
 def mount_save() -> None:
-    """Give every object a ``.save()`` method (idempotent)."""
-    namespace = _object_dict()
-    if namespace.get("save") is not _save_method:
-        namespace["save"] = _save_method
-        ctypes.pythonapi.PyType_Modified(ctypes.py_object(object))
+    """Give tensors, tuples, lists and dicts a ``.save()`` method (idempotent)."""
+    for kind in SAVE_TYPES:
+        namespace = _namespace(kind)
+        if "save" not in namespace:
+            namespace["save"] = _save_method
+            ctypes.pythonapi.PyType_Modified(ctypes.py_object(kind))
 
 
 def unmount_save() -> None:
-    """Remove the ``.save()`` method :func:`mount_save` added."""
-    namespace = _object_dict()
-    if namespace.get("save") is _save_method:
-        del namespace["save"]
-        ctypes.pythonapi.PyType_Modified(ctypes.py_object(object))
+    """Remove the ``.save()`` methods :func:`mount_save` added."""
+    for kind in SAVE_TYPES:
+        namespace = _namespace(kind)
+        if namespace.get("save") is _save_method:
+            del namespace["save"]
+            ctypes.pythonapi.PyType_Modified(ctypes.py_object(kind))
