@@ -37,7 +37,7 @@ def _save_method(self: T) -> T:
 
 
 def _namespace(kind: type) -> dict[str, Any]:
-    return gc.get_referents(kind.__dict__)[0]  # type: ignore[no-any-return]
+    return gc.get_referents(kind.__dict__)[0]
 
 
 def mount_save() -> None:
