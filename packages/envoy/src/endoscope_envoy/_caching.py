@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from endoscope_cache import Cache, CacheDict
 
 from ._envoy import Envoy
-from ._hooks import ensure_slow_path
+from ._hooks import add_forward_hook, add_forward_pre_hook, ensure_slow_path
 
 if TYPE_CHECKING:
     from ._tracer import InterleavingTracer
@@ -120,7 +120,7 @@ def _output_hook(cache: Cache, module: Any, path: str) -> Any:
             add(f"{path}.output.i{count[0]}", output)
             count[0] += 1
 
-        return module.register_forward_hook(record)
+        return add_forward_hook(module, record, first=False)
 
     return install
 
@@ -134,6 +134,6 @@ def _input_hook(cache: Cache, module: Any, path: str) -> Any:
             add(f"{path}.input.i{count[0]}", (args, kwargs))
             count[0] += 1
 
-        return module.register_forward_pre_hook(record, with_kwargs=True)
+        return add_forward_pre_hook(module, record, with_kwargs=True, first=False)
 
     return install

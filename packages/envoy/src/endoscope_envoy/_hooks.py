@@ -15,6 +15,7 @@ skip).
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,53 @@ class _Removable:
         self.remove = remove
 
 
+# torch's register_* functions build a RemovableHandle with weak references for
+# every hook (several microseconds); run-level hooks come and go every trace, so
+# they are put straight into the module's hook dicts, first in line, under
+# negative ids that never clash with torch's own (counting up from 0).
+_hook_ids = itertools.count(-1, -1)
+
+
+class _DictHook:
+    """Removes one hook id from the module hook dicts it was added to."""
+
+    __slots__ = ("dicts", "key")
+
+    def __init__(self, dicts: tuple[dict[int, Any], ...], key: int) -> None:
+        self.dicts = dicts
+        self.key = key
+
+    def remove(self) -> None:
+        for hooks in self.dicts:
+            hooks.pop(self.key, None)
+
+
+def add_forward_hook(module: Any, hook: Callable[..., Any], *, first: bool = True) -> _DictHook:
+    """Run ``hook(module, args, output)`` before (``first``) or after the other hooks."""
+    key = next(_hook_ids)
+    hooks = module._forward_hooks
+    hooks[key] = hook
+    if first:
+        hooks.move_to_end(key, last=False)
+    return _DictHook((hooks,), key)
+
+
+def add_forward_pre_hook(
+    module: Any, hook: Callable[..., Any], *, with_kwargs: bool = False, first: bool = True
+) -> _DictHook:
+    """Run ``hook`` before (``first``) or after the module's other forward pre-hooks."""
+    key = next(_hook_ids)
+    hooks = module._forward_pre_hooks
+    hooks[key] = hook
+    if first:
+        hooks.move_to_end(key, last=False)
+    if not with_kwargs:
+        return _DictHook((hooks,), key)
+    flags = module._forward_pre_hooks_with_kwargs
+    flags[key] = True
+    return _DictHook((hooks, flags), key)
+
+
 def _install_output_hook(envoy: Envoy) -> Any:
     interleaver = envoy.interleaver
     provider = f"{envoy.path}.output"
@@ -49,7 +97,7 @@ def _install_output_hook(envoy: Envoy) -> Any:
     def output_hook(module: Any, args: Any, output: Any) -> Any:
         return handle(provider, output, True)
 
-    return envoy._module.register_forward_hook(output_hook, prepend=True)
+    return add_forward_hook(envoy._module, output_hook)
 
 
 def _install_inputs_hook(envoy: Envoy) -> Any:
@@ -66,7 +114,7 @@ def _install_inputs_hook(envoy: Envoy) -> Any:
             module.__dict__["_endoscope_skip"] = skip.values
             return None
 
-    return module.register_forward_pre_hook(inputs_hook, with_kwargs=True, prepend=True)
+    return add_forward_pre_hook(module, inputs_hook, with_kwargs=True)
 
 
 def _noop_pre_hook(module: Any, args: Any) -> None:
@@ -74,7 +122,7 @@ def _noop_pre_hook(module: Any, args: Any) -> None:
 
 
 def _noop_installer(module: Any) -> Callable[[], Any]:
-    return lambda: module.register_forward_pre_hook(_noop_pre_hook)
+    return lambda: add_forward_pre_hook(module, _noop_pre_hook)
 
 
 def ensure_slow_path(envoy: Envoy, *, include_self: bool = False) -> None:
