@@ -187,7 +187,7 @@ def build(session: nox.Session) -> None:
 @nox.session(python=TORCH_PYTHONS[0], default=False)
 def demo(session: nox.Session) -> None:
     """Run the main job: the endoscope demo."""
-    _install_packages(session, [_by_name("tracing")], torch=False)
+    _install_packages(session, [_by_name("envoy")], torch=True)
     session.run("python", str(ROOT / "examples" / "demo.py"), *session.posargs)
 
 

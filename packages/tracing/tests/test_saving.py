@@ -54,3 +54,15 @@ def test_marks_released_even_when_the_block_fails() -> None:
     except RuntimeError:
         pass
     assert len(SAVED) == 0
+
+
+def test_containers_of_saved_values_survive() -> None:
+    with Tracer():
+        items = [save(Blob()) for _ in range(3)]
+        mapping = {"a": save(Blob())}
+        pair = (save(Blob()), 1)
+        plain = [Blob()]  # noqa: F841 - holds nothing saved
+    assert len(items) == 3 and all(isinstance(i, Blob) for i in items)
+    assert isinstance(mapping["a"], Blob)
+    assert isinstance(pair[0], Blob)
+    assert "plain" not in locals()

@@ -56,6 +56,20 @@ class SavedValues:
     def __contains__(self, value: object) -> bool:
         return self._values.get(id(value), _ABSENT) is value
 
+    def keeps(self, value: object) -> bool:
+        """Whether ``value`` is saved, or is a list, tuple or dict holding saved values.
+
+        ``hidden = [layer.output.save() for layer in layers]`` keeps the list:
+        users save the items and expect the container they built to survive.
+        """
+        if self._values.get(id(value), _ABSENT) is value:
+            return True
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, (list, tuple)):
+            return False
+        return any(self._values.get(id(item), _ABSENT) is item for item in value)
+
     def __len__(self) -> int:
         return len(self._values)
 

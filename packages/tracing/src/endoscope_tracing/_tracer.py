@@ -269,7 +269,7 @@ class Tracer:
         if not self.keep_unsaved:
             keep = info.block.as_names
             changed = {
-                name: value for name, value in changed.items() if name in keep or value in SAVED
+                name: value for name, value in changed.items() if name in keep or SAVED.keeps(value)
             }
         write_locals(info.frame, changed)
 
