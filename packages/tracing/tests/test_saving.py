@@ -61,7 +61,7 @@ def test_containers_of_saved_values_survive() -> None:
         items = [save(Blob()) for _ in range(3)]
         mapping = {"a": save(Blob())}
         pair = (save(Blob()), 1)
-        plain = [Blob()]  # noqa: F841 - holds nothing saved
+        plain = [Blob()]  # holds nothing saved
     assert len(items) == 3 and all(isinstance(i, Blob) for i in items)
     assert isinstance(mapping["a"], Blob)
     assert isinstance(pair[0], Blob)
