@@ -367,6 +367,29 @@ def test_missed_provider_raised_when_run_ends(scheduler: Scheduler) -> None:
     assert after == []
 
 
+def test_missed_error_is_an_extension_point(scheduler: Scheduler) -> None:
+    # A caller that knows the computation's order can relabel a late read that no
+    # provider announced (here: layer9 never reports, but "ran" before layer1).
+    seen: list[tuple[str, str | None]] = []
+
+    class Knowing(Interleaver):
+        def missed_error(self, requester: str, asked_at: str | None) -> MissedProviderError:
+            seen.append((requester, asked_at))
+            return self.out_of_order_error(requester, asked_at)
+
+    def intervention(L: list[Envoy]) -> None:
+        L[1].output
+        L[0].interleaver.current.request("model.layer9.output.i0")  # type: ignore[union-attr]
+
+    interleaver = Knowing(scheduler=scheduler)
+    interleaver.initialize([Mediator(intervention, args=(layers(interleaver),))])
+    with pytest.raises(OutOfOrderError) as info:
+        with interleaver:
+            model(interleaver, 3)
+    assert seen == [("model.layer9.output.i0", "model.layer1.output.i0")]
+    assert info.value.provider == "model.layer1.output.i0"
+
+
 @pytest.mark.timeout(10)
 def test_missed_iteration_says_how_often_it_ran(scheduler: Scheduler) -> None:
     def intervention(L: list[Envoy]) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from endoscope_interleaver import Interleaver, Mediator, MissedProviderError
+from endoscope_interleaver import Interleaver, MissedProviderError
 
 if TYPE_CHECKING:
     from ._nnsight import NNsight
@@ -40,27 +40,13 @@ class EnvoyInterleaver(Interleaver):
     def __init__(self, *args: Any, model: NNsight, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model = model
-        self._asked_at: dict[str, str | None] = {}
 
-    def _wait(
-        self, mediator: Mediator, requester: str, provider: str | None
-    ) -> MissedProviderError | None:
-        error = super()._wait(mediator, requester, provider)
-        if error is None:
-            self._asked_at[requester] = provider
-        return error
-
-    def _missed(self, requester: str) -> MissedProviderError:
+    def missed_error(self, requester: str, asked_at: str | None) -> MissedProviderError:
         order = self.model._point_order
-        asked_at = self._asked_at.get(requester)
         wanted, at = _base(requester), _base(asked_at)
         if order and wanted in order and at in order and order[wanted] < order[at]:
-            return self._out_of_order(requester, asked_at)
-        return super()._missed(requester)
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._asked_at = {}
+            return self.out_of_order_error(requester, asked_at)
+        return super().missed_error(requester, asked_at)
 
 
 @contextmanager

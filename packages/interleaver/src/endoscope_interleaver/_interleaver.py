@@ -449,14 +449,15 @@ class Interleaver:
     ) -> MissedProviderError | None:
         """Register ``mediator`` as waiting for ``requester``, or say why it never can."""
         if self._ended:
-            return self._missed(requester)
+            return self.missed_error(requester, mediator.asked_at)
         split = _split_iteration(requester)
         base = split[0] if split is not None else None
         if requester in self._history or (
             split is not None and self.calls.get(split[0], 0) > split[1]
         ):
-            return self._out_of_order(requester, provider)
+            return self.out_of_order_error(requester, provider)
         mediator.waiting = requester
+        mediator.asked_at = provider
         mediator._base = base
         wanted = self._wanted
         wanted[requester] = wanted.get(requester, 0) + 1
@@ -486,7 +487,18 @@ class Interleaver:
             self._live.remove(mediator)
         mediator.remove_hooks()
 
-    def _missed(self, requester: str) -> MissedProviderError:
+    def missed_error(self, requester: str, asked_at: str | None) -> MissedProviderError:
+        """The error for a request still pending when the computation ended.
+
+        An extension point: a caller that knows more about the computation (for
+        example the order its points run in) may override it to return
+        :meth:`out_of_order_error` for a point that went by unseen.
+
+        Args:
+            requester: what was asked for.
+            asked_at: the provider the computation was at when it was asked
+                (``None`` if asked before the first provider).
+        """
         split = _split_iteration(requester)
         ran = ""
         if split is not None:
@@ -500,7 +512,8 @@ class Interleaver:
             "the iteration exist? did stop() end the run first?).",
         )
 
-    def _out_of_order(self, requester: str, provider: str | None) -> OutOfOrderError:
+    def out_of_order_error(self, requester: str, provider: str | None) -> OutOfOrderError:
+        """The error for a request of a point the computation already passed."""
         now = f"it is now at {provider}" if provider is not None else "it has finished"
         return OutOfOrderError(
             requester,

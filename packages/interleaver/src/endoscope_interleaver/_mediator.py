@@ -75,6 +75,7 @@ class Mediator:
             mean outside an iteration context; 0 unless advanced (reset per run).
         event: the pending ``(Events, payload)`` pair, model side.
         waiting: the requester this mediator is blocked on, or ``None``.
+        asked_at: the provider the computation was at when :attr:`waiting` was asked.
         index: position in the interleaver's mediator order.
     """
 
@@ -105,6 +106,7 @@ class Mediator:
         self.iteration_tracker: Counter[str] = Counter()
         self.event: tuple[Events, Any] | None = None
         self.waiting: str | None = None
+        self.asked_at: str | None = None
         self.index = 0
         self._base: str | None = None  # waiting's path without .iN, if any
         self._worker: Worker | None = None
