@@ -64,6 +64,8 @@ class Envoy:
             self._children[name] = envoy_type(
                 child, path=f"{path}.{name}", root=self._root, parent=self
             )
+        # Positional access (model.layers[3]) is on the user's hot path: keep a tuple.
+        self._ordered: tuple[Envoy, ...] = tuple(self._children.values())
 
     # ------------------------------------------------------------------ tree
 
@@ -102,9 +104,9 @@ class Envoy:
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):
             return self.get(key)
-        children = list(self._children.values())
+        children = self._ordered
         if isinstance(key, slice):
-            return children[key]
+            return list(children[key])
         try:
             return children[key]
         except IndexError:
@@ -119,7 +121,7 @@ class Envoy:
         return True  # an Envoy without children is still an Envoy
 
     def __iter__(self) -> Iterator[Envoy]:
-        return iter(list(self._children.values()))
+        return iter(self._ordered)
 
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *self._children, *self._aliases})

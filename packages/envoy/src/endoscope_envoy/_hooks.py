@@ -19,6 +19,8 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from endoscope_interleaver import SkipException
 from endoscope_source import SOURCE_ACCESSOR_ATTR
 
@@ -227,21 +229,19 @@ def _merge_skips(interleaver: Any, skips: list[tuple[Any, Any]], run: Callable[[
     covered = sum(size for _, size in groups)
     if covered == batcher.batch_size and len(groups) == len(skips):
         ordered = sorted(skips, key=lambda item: item[0][0])
-        import torch
-
-        return _cat_outputs([value for _, value in ordered], torch)
+        return _cat_outputs([value for _, value in ordered])
     output = run()
     for group, value in skips:
         output = batcher.swap(output, value, group)
     return output
 
 
-def _cat_outputs(values: list[Any], torch: Any) -> Any:
+def _cat_outputs(values: list[Any]) -> Any:
     first = values[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(values, dim=0)
     if isinstance(first, tuple):
-        return type(first)(_cat_outputs([v[i] for v in values], torch) for i in range(len(first)))
+        return type(first)(_cat_outputs([v[i] for v in values]) for i in range(len(first)))
     return first
 
 
