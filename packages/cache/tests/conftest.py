@@ -197,3 +197,21 @@ def recorder_factory():
 @pytest.fixture
 def same():
     return assert_same
+
+
+@pytest.fixture
+def matches_reference(same):
+    """``check(cache_dict, recorder)``: every module's entries equal the recorded values."""
+    from endoscope_cache import EntryList
+
+    def check(d: Any, ref: Any) -> None:
+        assert set(d) == set(ref.outputs)
+        for path, outputs in ref.outputs.items():
+            value = d[path]
+            entries = value if isinstance(value, EntryList) else [value]
+            assert len(entries) == len(outputs)
+            for entry, output, inputs in zip(entries, outputs, ref.inputs[path]):
+                same(entry.output, output)
+                same(entry.inputs, inputs)
+
+    return check

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from endoscope_cache import Cache, CacheDict, EntryList, dump, load
+from endoscope_cache import Cache, EntryList, dump, load
 from endoscope_cache._disk import read_manifest
 from endoscope_cache._shards import MANIFEST, shard_name
 
@@ -31,19 +31,8 @@ def run_child(script: str, *args: str, timeout: float = 120) -> subprocess.Compl
     return result
 
 
-def check_against(d: CacheDict, ref, same) -> None:
-    assert set(d) == set(ref.outputs)
-    for path, outputs in ref.outputs.items():
-        value = d[path]
-        entries = value if isinstance(value, EntryList) else [value]
-        assert len(entries) == len(outputs)
-        for entry, output, inputs in zip(entries, outputs, ref.inputs[path]):
-            same(entry.output, output)
-            same(entry.inputs, inputs)
-
-
 def test_streamed_model_matches_plain_torch_hooks(
-    tmp_path, toy, ids, recorder_factory, same
+    tmp_path, toy, ids, recorder_factory, same, matches_reference
 ) -> None:
     with Cache(include_inputs=True, directory=tmp_path, shard_size=2048) as cache:
         ref = recorder_factory(toy, cache)
@@ -52,9 +41,9 @@ def test_streamed_model_matches_plain_torch_hooks(
         # Readable while streaming, as well as after.
         same(cache.cache.model.transformer.h[1].output, ref.outputs["model.transformer.h.1"][0])
     assert len(list(tmp_path.glob("shard-*.safetensors"))) > 3
-    check_against(cache.cache, ref, same)
+    matches_reference(cache.cache, ref)
     loaded = load(tmp_path)
-    check_against(loaded, ref, same)
+    matches_reference(loaded, ref)
     # Structure survives: the dataclass output, the tuple-with-dict block output.
     head = loaded.model.head.output
     assert type(head).__name__ == "HeadOut" and head.step == 1
@@ -117,16 +106,18 @@ def test_device_and_navigation_after_load(tmp_path) -> None:
     meta.close()
 
 
-def test_dump_copies_memory_and_disk_caches(tmp_path, toy, ids, recorder_factory, same) -> None:
+def test_dump_copies_memory_and_disk_caches(
+    tmp_path, toy, ids, recorder_factory, same, matches_reference
+) -> None:
     cache = Cache(include_inputs=True, rename={"transformer": "tf"})
     ref = recorder_factory(toy, cache)
     toy(ids)
     assert dump(cache, tmp_path / "a", shard_size=4096) == tmp_path / "a"
     first = load(tmp_path / "a")
-    check_against(first, ref, same)
+    matches_reference(first, ref)
     assert torch.equal(first.model.tf.h[0].output[0], ref.outputs["model.transformer.h.0"][0][0])
     first.dump(tmp_path / "b")  # a disk-backed cache copies value by value
-    check_against(load(tmp_path / "b"), ref, same)
+    matches_reference(load(tmp_path / "b"), ref)
     cache.cache.model.transformer.h[2].dump(tmp_path / "c")  # a view writes its subtree
     assert all(k.startswith("model.transformer.h.2") for k in load(tmp_path / "c"))
     with pytest.raises(FileExistsError):
