@@ -49,6 +49,9 @@ __all__ = [
     "ensure_forward_wrapper",
     "ensure_hook",
     "ensure_slow_path",
+    "lend_early",
+    "lend_warm",
+    "lent_wrappers",
     "requires_inputs",
     "requires_output",
     "run_forward",
@@ -160,6 +163,7 @@ class _Forward:
     __slots__ = (
         "__weakref__",
         "class_forward",
+        "envoy",
         "forward",
         "had_instance",
         "input_provider",
@@ -175,8 +179,10 @@ class _Forward:
         "skips",
     )
 
-    def __init__(self, module: Any, path: str) -> None:
+    def __init__(self, module: Any, path: str, envoy: Envoy | None = None) -> None:
         self.module = module
+        # Weak: the Envoy holds this wrapper (for the warm-up memo of run_warm).
+        self.envoy = weakref.ref(envoy) if envoy is not None else None
         self.provider = f"{path}.output"
         self.input_provider = f"{path}.input"
         self.run = _Run()
@@ -305,7 +311,7 @@ def _install(interleaver: Interleaver, envoy: Envoy) -> _Forward:
     ):
         # None yet, lent to an enclosing run, or the Envoy's module (a rebound
         # Envoy) or the module's forward changed since it was built.
-        wrapper = _Forward(module, envoy.path)
+        wrapper = _Forward(module, envoy.path, envoy)
         if not hasattr(state.get("forward"), _WRAPPER_ATTR):
             # Not on top of another run's wrapper (a trace inside an intervention,
             # of this model or another wrapper of this module): keep it for reuse.
@@ -378,23 +384,61 @@ def lend_early(envoy: Envoy, interleaver: Interleaver) -> _Forward | None:
     wrapper = envoy.__dict__.get(_ENVOY_ATTR)
     if wrapper is None:
         return None
-    run = wrapper.run
-    if run.interleaver is interleaver:
+    if wrapper.run.interleaver is interleaver:
         return wrapper
-    module = envoy._module
-    state = module.__dict__
-    if (
-        run.interleaver is not None
-        or wrapper.module is not module
-        or wrapper.had_instance
-        or "forward" in state
-        or type(module).forward is not wrapper.class_forward
-    ):
+    if wrapper.module is not envoy._module or not _lend(wrapper, interleaver):
         return None
-    run.interleaver = interleaver
+    return wrapper
+
+
+def _lend(wrapper: _Forward, interleaver: Interleaver) -> bool:
+    """Put ``wrapper`` in its module's forward for ``interleaver``'s run, if it is free
+    and the module's forward is still the one it wraps."""
+    if wrapper.run.interleaver is not None:
+        return False
+    module = wrapper.module
+    state = module.__dict__
+    if type(module).forward is not wrapper.class_forward or (
+        state.get("forward") is not wrapper.original if wrapper.had_instance else "forward" in state
+    ):
+        return False
+    wrapper.run.interleaver = interleaver
     state["forward"] = wrapper.forward
     interleaver.hooks.append(wrapper)
-    return wrapper
+    return True
+
+
+def lend_warm(wrappers: list[_Forward], interleaver: Interleaver) -> int:
+    """Lend the wrappers a call site's earlier runs wore (see :func:`lent_wrappers`)
+    to a run that has not started; returns how many were lent.
+
+    A wrapper is skipped when its Envoy is gone, wears another wrapper now, or
+    was re-pointed at another module (a model whose weights loaded since).
+    """
+    lent = 0
+    for wrapper in wrappers:
+        ref = wrapper.envoy
+        envoy = ref() if ref is not None else None
+        if (
+            envoy is not None
+            and envoy.__dict__.get(_ENVOY_ATTR) is wrapper
+            and envoy._module is wrapper.module
+            and _lend(wrapper, interleaver)
+        ):
+            lent += 1
+    return lent
+
+
+def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:
+    """The reusable wrappers ``interleaver``'s run wears, in the order lent
+    (parents before children)."""
+    wrappers = []
+    for handle in interleaver.hooks:
+        if type(handle) is _Forward and handle.envoy is not None:
+            envoy = handle.envoy()
+            if envoy is not None and envoy.__dict__.get(_ENVOY_ATTR) is handle:
+                wrappers.append(handle)
+    return wrappers
 
 
 def ensure_slow_path(envoy: Envoy, *, include_self: bool = False) -> None:

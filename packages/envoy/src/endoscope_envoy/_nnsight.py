@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from ._backward import running_models
 from ._batching import batch_inputs
 from ._config import CONFIG
 from ._envoy import Envoy
+from ._hooks import lend_warm, lent_wrappers
 from ._interleaving import PointOrder, counting_forwards, recording_point_order
 from ._session import EditTracer, Session
 from ._tracer import InterleavingTracer
@@ -60,6 +62,10 @@ class NNsight(Envoy):
         self._interleaver: Interleaver | None = None
         self._point_order: PointOrder | None = None
         self._paths_by_id: dict[int, str] | None = None
+        # Per traced call site (its compiled body's code): the forward wrappers its
+        # runs wore, lent again before the next run starts (see _interleave). The
+        # wrappers refer to their Envoys weakly: no cycle through the root's own.
+        self._warm: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         self._scheduler_choice = scheduler
         self._edits: list[EditTracer] = []
         self._original: NNsight | None = None  # what an edited copy was made from
@@ -199,7 +205,19 @@ class NNsight(Envoy):
         outer_backward = torch.Tensor.backward
         if outer_backward is not backward_entry:
             torch.Tensor.backward = backward_entry  # type: ignore[method-assign]
+        site = tracer._site
+        warm = self._warm.get(site) if site is not None else None
+        lent = 0
         try:
+            if warm:
+                # What this call site read last time is wrapped before the forward
+                # starts: its reads then find their wrapper in place, and no read
+                # hooks a module late (which would have to number its calls).
+                try:
+                    lent = lend_warm(warm, interleaver)
+                except BaseException:
+                    interleaver.cancel()
+                    raise
             with interleaver:
                 if learn:
                     with recording_point_order(self, interleaver):
@@ -210,9 +228,30 @@ class NNsight(Envoy):
                 else:
                     output = run(*args, **kwargs)
                 output = tracer._provide_result(output)
+                if site is not None and len(interleaver.hooks) != lent:
+                    # Something beyond the warm-up list was hooked in this run.
+                    self._remember_lent(site, warm, interleaver)
         finally:
             running_models.remove(self)
             if outer_backward is not backward_entry:
                 torch.Tensor.backward = outer_backward  # type: ignore[method-assign]
             root._interleaver = previous
         return output
+
+    def _remember_lent(self, site: Any, warm: list[Any] | None, interleaver: Interleaver) -> None:
+        """Add the wrappers this run wore to ``site``'s warm-up list.
+
+        A union over the site's runs, so a loop reading a different layer each
+        time warms them all; bounded by the model's modules. Ancestors come
+        before their descendants, as :func:`run_forward` lent them.
+        """
+        lent = lent_wrappers(interleaver)
+        if not lent:
+            return
+        if warm is None:
+            warm = self._warm[site] = []
+        known = {id(wrapper) for wrapper in warm}
+        for wrapper in lent:
+            if id(wrapper) not in known:
+                warm.append(wrapper)
+                known.add(id(wrapper))

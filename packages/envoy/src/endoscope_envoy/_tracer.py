@@ -124,6 +124,8 @@ class InterleavingTracer(Tracer):
         self._source_globals: dict[str, Any] | None = None
         self._ran = False
         self._output: Any = None
+        # The compiled body's code: identifies the call site (NNsight's warm-up memo).
+        self._site: Any = None
 
     # ----------------------------------------------------------------- user API
 
@@ -214,6 +216,7 @@ class InterleavingTracer(Tracer):
 
     def execute(self, fn: Callable[..., Any]) -> Any:
         model = self.model
+        self._site = getattr(fn, "__code__", None)
         if self.args or self.kwargs:
             # model.trace(x): the body itself is the one intervention.
             self.invokers = [self]  # type: ignore[list-item]

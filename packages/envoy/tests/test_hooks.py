@@ -1,0 +1,117 @@
+"""Forward wrappers: a call site's wrappers are lent before its next run starts."""
+
+from __future__ import annotations
+
+import torch
+
+from endoscope_envoy import NNsight, save
+
+
+def wrapped(net: torch.nn.Module) -> list[str]:
+    """Names of the modules wearing endoscope's wrapper in their ``forward`` now."""
+    return [
+        name or "<root>"
+        for name, m in net.named_modules()
+        if hasattr(m.__dict__.get("forward"), "_endoscope_wrapper")
+    ]
+
+
+def trace_reading(model: NNsight, x: torch.Tensor, index: int) -> tuple[list[str], torch.Tensor]:
+    """One call site: what is wrapped when the body starts, and block ``index``'s output."""
+    with model.trace(x):
+        at_start = save(wrapped(model._module))
+        out = model.layers[index].output.save()
+    return at_start, out
+
+
+def expected_block(net: torch.nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
+    h = net.embed(x)
+    for layer in net.layers[: index + 1]:
+        h = layer(h)
+    return h
+
+
+def test_second_run_of_a_call_site_starts_with_its_wrappers(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    first, out_first = trace_reading(model, x, 1)
+    second, out_second = trace_reading(model, x, 1)
+    assert first == []  # nothing wrapped before the first read
+    # The module read and its ancestors, before the forward starts.
+    assert second == ["<root>", "layers", "layers.1"]
+    expected = expected_block(net, x, 1)
+    assert torch.equal(out_first, expected)
+    assert torch.equal(out_second, expected)
+
+
+def test_a_loop_over_layers_warms_every_layer_it_read(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    for index in range(3):
+        _, out = trace_reading(model, x, index)
+        assert torch.equal(out, expected_block(net, x, index))
+    at_start, out = trace_reading(model, x, 0)
+    assert at_start == ["<root>", "layers", "layers.0", "layers.1", "layers.2"]
+    assert torch.equal(out, expected_block(net, x, 0))
+
+
+def test_warm_wrappers_serve_every_call_from_the_start(x) -> None:
+    # A module called twice per forward, read at its second call: a wrapper lent
+    # late would have to number the calls it missed; a warm one counts them all.
+    class Twice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.fc(x)))
+
+    torch.manual_seed(0)
+    net = Twice().eval()
+    model = NNsight(net)
+    calls: list[torch.Tensor] = []
+    handle = net.fc.register_forward_hook(lambda m, a, o: calls.append(o))
+    net(x)
+    handle.remove()
+
+    def body() -> torch.Tensor:
+        with model.trace(x) as tracer:
+            for _step in tracer.iter[1]:
+                second = model.fc.output.save()
+        return second
+
+    for _ in range(3):
+        assert torch.equal(body(), calls[1])
+
+
+def test_a_module_whose_forward_changed_is_not_lent(net, x) -> None:
+    model = NNsight(net)
+    trace_reading(model, x, 1)
+    original = type(net.layers[1]).forward
+    net.layers[1].forward = lambda h: original(net.layers[1], h) * 2  # the user's patch
+    try:
+        at_start, out = trace_reading(model, x, 1)
+        # Not wrapped at the start (the patch is not what the warm wrapper wraps),
+        # yet the read is served, by a wrapper built around the patched forward.
+        assert "layers.1" not in at_start
+        patched = expected_block(net, x, 1)  # calls the patched forward
+    finally:
+        del net.layers[1].forward
+    assert torch.equal(out, patched)
+    assert torch.equal(patched, 2 * expected_block(net, x, 1))
+
+
+def test_warm_wrappers_are_gone_after_a_failed_run(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    trace_reading(model, x, 2)
+    try:
+        with model.trace(x):
+            model.layers[2].output.save()
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    try:
+        with model.trace(torch.ones(3, 5)):  # wrong width: the forward raises
+            model.layers[2].output.save()
+    except RuntimeError:
+        pass
+    assert wrapped(net) == []
+    assert all("forward" not in m.__dict__ for m in net.modules())
