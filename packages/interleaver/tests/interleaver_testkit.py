@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from endoscope_interleaver import Interleaver, Mediator, Scheduler, eproperty
+from endoscope_interleaver import Interleaver, Mediator, Scheduler, eproperty, idle_greenlets
 
 try:
     import greenlet
@@ -19,13 +19,17 @@ except ImportError:  # the suite is meant to run with the extra; see conftest's 
 
 
 def live_greenlets() -> int:
-    """Greenlets other than a thread's main one that are still in memory."""
+    """Greenlets other than a thread's main one that have not ended, except the idle
+    ones parked in this thread's pool for reuse (bounded by POOL_LIMIT)."""
     if greenlet is None:
         return 0
     gc.collect()
-    return sum(
-        1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and o.parent is not None
+    alive = sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, greenlet.greenlet) and o.parent is not None and not o.dead
     )
+    return alive - idle_greenlets()
 
 
 def worker_threads() -> list[threading.Thread]:

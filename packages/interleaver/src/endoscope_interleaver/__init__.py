@@ -9,7 +9,7 @@ from ._errors import (
     SkipException,
 )
 from ._events import Events
-from ._greenlet import GreenletScheduler, greenlet_available
+from ._greenlet import GreenletScheduler, greenlet_available, idle_greenlets
 from ._interleaver import Barrier, Batcher, Interleaver
 from ._mediator import HookHandle, Mediator
 from ._scheduler import Scheduler, ThreadScheduler, Worker, default_scheduler
@@ -36,4 +36,5 @@ __all__ = [
     "default_scheduler",
     "eproperty",
     "greenlet_available",
+    "idle_greenlets",
 ]

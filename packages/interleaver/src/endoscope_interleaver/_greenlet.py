@@ -7,6 +7,7 @@ an ImportError that says how to install it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ def _load_greenlet() -> Any:
 
 _greenlet: Any = _load_greenlet()
 
-__all__ = ["GreenletScheduler", "greenlet_available"]
+__all__ = ["POOL_LIMIT", "GreenletScheduler", "greenlet_available", "idle_greenlets"]
 
 
 def greenlet_available() -> bool:
@@ -35,15 +36,67 @@ def _unresumed(value: Any) -> Any:
     raise RuntimeError("a greenlet worker can only suspend while it runs (after a resume)")
 
 
-class _GreenletWorker:
-    """A body in a greenlet whose parent is whoever resumed it last."""
+# Starting a new greenlet costs about 30 times a switch into a parked one, and
+# every intervention of every run needs one: a finished worker's greenlet parks
+# in its thread's pool and runs the next worker's body. Bounded, so a burst of
+# concurrent workers leaves at most this many idle greenlets per thread.
+POOL_LIMIT = 8
+_pools = threading.local()
 
-    __slots__ = ("_body", "_caller", "_glet", "finished", "suspend")
+
+def _pool() -> list[Any]:
+    pool: list[Any] | None = getattr(_pools, "idle", None)
+    if pool is None:
+        pool = _pools.idle = []
+    return pool
+
+
+def idle_greenlets() -> int:
+    """How many finished workers' greenlets wait for reuse on this thread."""
+    return len(_pool())
+
+
+def _run_bodies(worker: _GreenletWorker) -> Any:
+    """A pooled greenlet's life: run a worker's body, park, run the next one's."""
+    pool = _pool()
+    while True:
+        body = worker._body
+        worker._body = None
+        try:
+            assert body is not None
+            worker._outcome = (True, body())
+        except _greenlet.GreenletExit:
+            worker.finished = True
+            raise  # the greenlet is being killed (its thread ended): let it die
+        except BaseException as error:
+            worker._outcome = (False, error)
+        worker.finished = True
+        if len(pool) >= POOL_LIMIT:
+            return None
+        # Park with nothing of the last run on this frame; the next worker to
+        # need a greenlet switches it back in with itself.
+        body = worker = None  # type: ignore[assignment]
+        glet = _greenlet.getcurrent()
+        pool.append(glet)
+        worker = glet.parent.switch(None)
+        del glet
+
+
+class _GreenletWorker:
+    """A body in a greenlet whose parent is whoever resumed it last.
+
+    The greenlet comes from the thread's pool of parked ones when there is one,
+    else it is created; when the body ends it parks for the next worker (see
+    :data:`POOL_LIMIT`).
+    """
+
+    __slots__ = ("_body", "_caller", "_glet", "_outcome", "finished", "suspend")
 
     def __init__(self, body: Callable[[], Any]) -> None:
         self._body: Callable[[], Any] | None = body
         self._glet: Any = None
         self._caller: Any = None
+        self._outcome: tuple[bool, Any] | None = None
         self.finished = False
         # Worker.suspend: the resumer's own switch, bound when the resumer changes
         # (a read costs no Python frame for it).
@@ -52,54 +105,56 @@ class _GreenletWorker:
     def resume(self, value: Any) -> Any:
         caller = _greenlet.getcurrent()
         glet = self._glet
-        if glet is None or glet.parent is not caller:
-            glet = self._attach(caller)
+        if glet is None:
+            glet, value = self._attach(caller), self
+        elif glet.parent is not caller:
+            self._reparent(glet, caller)
         if caller is not self._caller:
             self._caller = caller
             self.suspend = caller.switch
-        try:
-            reply = glet.switch(value)
-        except BaseException:
-            if self.finished:
-                self._forget()
-            raise
+        reply = glet.switch(value)
         if self.finished:
-            self._forget()
+            return self._end()
         return reply
 
-    def _forget(self) -> None:
+    def _end(self) -> Any:
+        outcome = self._outcome
+        self._outcome = None
         self._glet = self._caller = None
         self.suspend = _unresumed
+        if outcome is None:  # the greenlet was killed
+            raise RuntimeError("the worker's greenlet ended without finishing its body")
+        ok, result = outcome
+        if ok:
+            return result
+        try:
+            raise result
+        finally:
+            del result, outcome  # the traceback refers to this frame: no cycle
 
     def _attach(self, caller: Any) -> Any:
-        """The greenlet to switch to, created on the first resume, parented to ``caller``.
-
-        A different resumer than last time (a nested run, another greenlet)
-        becomes the parent: the body's return must come back to it.
-        """
+        """The greenlet to run the body in: a parked one of this thread, or a new one,
+        parented to ``caller`` (whose switch the body's return comes back to)."""
         if self.finished:
             raise RuntimeError("cannot resume a worker whose body has finished")
+        pool = _pool()
+        glet = pool.pop() if pool else _greenlet.greenlet(_run_bodies)
+        self._reparent(glet, caller)
+        self._glet = glet
+        return glet
+
+    @staticmethod
+    def _reparent(glet: Any, caller: Any) -> None:
+        # A different resumer than last time (a nested run, another greenlet)
+        # becomes the parent: the body's return must come back to it.
         try:
-            if self._glet is None:
-                self._glet = _greenlet.greenlet(self._main, parent=caller)
-            else:
-                self._glet.parent = caller
+            glet.parent = caller
         except ValueError as error:
             raise RuntimeError(
                 "GreenletScheduler: the computation resumed this worker from a different "
                 "thread than the one it started on; greenlets cannot cross threads. "
                 "Use ThreadScheduler for computations that call back from other threads."
             ) from error
-        return self._glet
-
-    def _main(self, _first: Any) -> Any:
-        body = self._body
-        self._body = None
-        try:
-            assert body is not None
-            return body()
-        finally:
-            self.finished = True
 
     def __repr__(self) -> str:
         return f"<GreenletWorker {'finished' if self.finished else 'running'}>"

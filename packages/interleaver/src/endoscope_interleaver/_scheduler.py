@@ -53,8 +53,10 @@ class Worker(Protocol):
 
 @runtime_checkable
 class Scheduler(Protocol):
-    """Creates workers. Implementations must leave no thread or greenlet behind
-    once a worker's body has finished and :meth:`Worker.resume` has returned."""
+    """Creates workers. Implementations must leave nothing running once a worker's
+    body has finished and :meth:`Worker.resume` has returned; a bounded number of
+    idle threads or greenlets may be kept for the next workers (GreenletScheduler
+    keeps up to ``POOL_LIMIT`` per thread), holding nothing of the finished body."""
 
     def start(self, body: Callable[[], Any], name: str) -> Worker:
         """Create a worker that runs ``body()`` on its first :meth:`Worker.resume`.
