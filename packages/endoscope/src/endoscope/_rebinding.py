@@ -28,9 +28,9 @@ def rebind(root: NNsight, module: torch.nn.Module) -> None:
     for _, envoy in root.named_modules():
         envoy._aliases.clear()
     root._apply_rename()
-    # Caches of the old tree: the learned order of its points, module ids to paths.
-    root._point_order = None
-    root._paths_by_id = None
+    # Caches of the old tree: the learned order of its points, module ids to paths,
+    # the forward wrappers call sites lend before their runs.
+    root._modules_replaced()
 
 
 def _rebind(envoy: Envoy, module: torch.nn.Module, root: NNsight) -> None:

@@ -2,10 +2,12 @@
 
 The tree is built eagerly when a model is wrapped (one small object per module,
 microseconds each), so printing, ``modules()`` and typo suggestions never walk
-torch again. An Envoy's ``.output`` / ``.inputs`` are :class:`eproperty`
-descriptors: reading one inside a trace installs a torch hook for that module on
-demand (once per run, removed when the run ends) and blocks the intervention until
-the module runs. Modules nobody reads carry no hook at all.
+torch again. An Envoy's ``.output`` / ``.inputs`` are :class:`ModuleValue`
+descriptors (eproperties with a specialized read path): reading one inside a
+trace puts a wrapper in that module's forward on demand (once per run, removed
+when the run ends; lent before the run when the call site read it last time)
+and blocks the intervention until the module runs. Modules nobody reads are
+left alone.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from endoscope_interleaver import Interleaver, eproperty
+from endoscope_interleaver import Interleaver
 
 from ._hooks import requires_inputs, requires_output, skip_module
+from ._module_values import ModuleValue
 
 if TYPE_CHECKING:
     from ._nnsight import NNsight
@@ -237,12 +240,12 @@ class Envoy:
             )
         return interleaver
 
-    @eproperty(key="output")
+    @ModuleValue(key="output")
     @requires_output
     def output(self) -> Any:
         """The module's output in the running trace (get, set, or edit in place)."""
 
-    @eproperty(key="input")
+    @ModuleValue(key="input")
     @requires_inputs
     def inputs(self) -> Any:
         """The module's inputs as ``(args, kwargs)`` in the running trace."""

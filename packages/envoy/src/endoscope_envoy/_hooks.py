@@ -44,10 +44,12 @@ if TYPE_CHECKING:
     from ._envoy import Envoy
 
 __all__ = [
+    "ENVOY_WRAPPER_ATTR",
     "add_forward_hook",
     "add_forward_pre_hook",
     "ensure_forward_wrapper",
     "ensure_hook",
+    "ensure_inputs",
     "ensure_slow_path",
     "lend_early",
     "lend_warm",
@@ -117,7 +119,7 @@ def add_forward_pre_hook(
 
 # Where an Envoy keeps its reusable wrapper; on the wrapper function, a weak
 # reference to its _Forward (to find the wrapper a module wears in a run).
-_ENVOY_ATTR = "_endoscope_forward"
+ENVOY_WRAPPER_ATTR = "_endoscope_forward"
 _WRAPPER_ATTR = "_endoscope_wrapper"
 
 
@@ -298,7 +300,7 @@ def _install(interleaver: Interleaver, envoy: Envoy) -> _Forward:
     """Put ``envoy``'s wrapper in its module's forward for ``interleaver``'s run."""
     module = envoy._module
     state = module.__dict__
-    wrapper = envoy.__dict__.get(_ENVOY_ATTR)
+    wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
     if (
         wrapper is None
         or wrapper.run.interleaver is not None
@@ -315,7 +317,7 @@ def _install(interleaver: Interleaver, envoy: Envoy) -> _Forward:
         if not hasattr(state.get("forward"), _WRAPPER_ATTR):
             # Not on top of another run's wrapper (a trace inside an intervention,
             # of this model or another wrapper of this module): keep it for reuse.
-            envoy.__dict__[_ENVOY_ATTR] = wrapper
+            envoy.__dict__[ENVOY_WRAPPER_ATTR] = wrapper
     wrapper.run.interleaver = interleaver
     state["forward"] = wrapper.forward
     return wrapper
@@ -338,7 +340,7 @@ def run_forward(
     """
     if interleaver is None:
         interleaver = envoy.interleaver
-    wrapper = envoy.__dict__.get(_ENVOY_ATTR)
+    wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
     if wrapper is not None and wrapper.run.interleaver is interleaver:
         return wrapper
     module = envoy._module
@@ -348,7 +350,7 @@ def run_forward(
             return found  # another Envoy of this module (an edited copy's) asked first
     parent = envoy._parent if ancestors else None
     if parent is not None:
-        above = parent.__dict__.get(_ENVOY_ATTR)
+        above = parent.__dict__.get(ENVOY_WRAPPER_ATTR)
         if (above is None or above.run.interleaver is not interleaver) and (
             _installed(parent._module, interleaver) is None
         ):
@@ -364,7 +366,7 @@ def run_forward(
     if not interleaver.ensure_hook((id(module), "output"), install):
         # The key was taken without a wrapper behind it (a caller's own hook).
         interleaver.hooks.append(install())
-    wrapper = envoy.__dict__.get(_ENVOY_ATTR)
+    wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
     if wrapper is None or wrapper.run.interleaver is not interleaver:
         wrapper = _installed(module, interleaver)  # a one-run wrapper (see _install)
         assert wrapper is not None
@@ -381,7 +383,7 @@ def lend_early(envoy: Envoy, interleaver: Interleaver) -> _Forward | None:
         The wrapper, or ``None`` when it must go through :func:`run_forward` (none
         built yet, lent elsewhere, or the module's forward changed).
     """
-    wrapper = envoy.__dict__.get(_ENVOY_ATTR)
+    wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
     if wrapper is None:
         return None
     if wrapper.run.interleaver is interleaver:
@@ -412,20 +414,30 @@ def lend_warm(wrappers: list[_Forward], interleaver: Interleaver) -> int:
     """Lend the wrappers a call site's earlier runs wore (see :func:`lent_wrappers`)
     to a run that has not started; returns how many were lent.
 
-    A wrapper is skipped when its Envoy is gone, wears another wrapper now, or
-    was re-pointed at another module (a model whose weights loaded since).
+    A wrapper is skipped when it is lent elsewhere or its module's forward is no
+    longer the one it wraps. The list belongs to the model and is dropped when
+    its Envoys are pointed at other modules (:meth:`NNsight._modules_replaced`).
     """
+    # _lend, inlined: this loop runs once per warm module and trace.
+    hooks = interleaver.hooks
     lent = 0
     for wrapper in wrappers:
-        ref = wrapper.envoy
-        envoy = ref() if ref is not None else None
-        if (
-            envoy is not None
-            and envoy.__dict__.get(_ENVOY_ATTR) is wrapper
-            and envoy._module is wrapper.module
-            and _lend(wrapper, interleaver)
-        ):
-            lent += 1
+        run = wrapper.run
+        if run.interleaver is not None:
+            continue
+        module = wrapper.module
+        state = module.__dict__
+        if wrapper.had_instance:
+            if state.get("forward") is not wrapper.original:
+                continue
+        elif "forward" in state:
+            continue
+        if type(module).forward is not wrapper.class_forward:
+            continue
+        run.interleaver = interleaver
+        state["forward"] = wrapper.forward
+        hooks.append(wrapper)
+        lent += 1
     return lent
 
 
@@ -436,7 +448,7 @@ def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:
     for handle in interleaver.hooks:
         if type(handle) is _Forward and handle.envoy is not None:
             envoy = handle.envoy()
-            if envoy is not None and envoy.__dict__.get(_ENVOY_ATTR) is handle:
+            if envoy is not None and envoy.__dict__.get(ENVOY_WRAPPER_ATTR) is handle:
                 wrappers.append(handle)
     return wrappers
 
@@ -472,7 +484,7 @@ def requires_output(stub: Callable[..., Any]) -> Callable[..., None]:
     def ensure(envoy: Envoy, interleaver: Interleaver | None = None) -> None:
         if interleaver is None:
             interleaver = envoy.interleaver
-        wrapper = envoy.__dict__.get(_ENVOY_ATTR)
+        wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
         if wrapper is None or wrapper.run.interleaver is not interleaver:
             run_forward(envoy, interleaver)
 
@@ -513,7 +525,7 @@ def _install_inputs_hook(wrapper: _Forward) -> Any:
     return add_forward_pre_hook(wrapper.module, inputs_hook, with_kwargs=True)
 
 
-def _ensure_inputs(envoy: Envoy, interleaver: Interleaver | None = None) -> None:
+def ensure_inputs(envoy: Envoy, interleaver: Interleaver | None = None) -> None:
     if interleaver is None:
         interleaver = envoy.interleaver
     wrapper = run_forward(envoy, interleaver)
@@ -525,7 +537,7 @@ def requires_inputs(stub: Callable[..., Any]) -> Callable[..., None]:
 
     @functools.wraps(stub)
     def ensure(envoy: Envoy, interleaver: Interleaver | None = None) -> None:
-        _ensure_inputs(envoy, interleaver)
+        ensure_inputs(envoy, interleaver)
 
     ensure._eproperty_takes_interleaver = True  # type: ignore[attr-defined]
     return ensure
@@ -568,7 +580,7 @@ def _cat_outputs(values: list[Any]) -> Any:
 def skip_module(envoy: Envoy, value: Any) -> None:
     """Skip ``envoy``'s module in the current invoke, with ``value`` as its output."""
     interleaver = envoy.interleaver
-    _ensure_inputs(envoy)
+    ensure_inputs(envoy)
     mediator = interleaver.current
     if mediator is None:
         raise RuntimeError(f"{envoy.path}.skip() can only be called inside a trace's invoke")

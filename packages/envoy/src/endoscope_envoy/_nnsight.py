@@ -165,6 +165,14 @@ class NNsight(Envoy):
         """Remove every edit of this model (an edited copy keeps its own)."""
         self._edits.clear()
 
+    def _modules_replaced(self) -> None:
+        """Forget what was learned about the modules after the Envoys were pointed at
+        other ones (a model whose weights loaded): their order of points, paths by
+        module id and every call site's warm-up wrappers."""
+        self._point_order = None
+        self._paths_by_id = None
+        self._warm.clear()  # in place: an edited copy shares it
+
     def _edited_copy(self) -> NNsight:
         edited = copy.copy(self)
         edited._edits = list(self._edits)
