@@ -233,3 +233,29 @@ def test_a_loaded_model_finds_its_tokenizer(saved_model):
         lm.tokenizer("Big Ben")["input_ids"]
         == LanguageModel(saved_model).tokenizer("Big Ben")["input_ids"]
     )
+
+
+def test_a_call_site_read_before_rebinding_reads_the_new_modules(gpt2, tokenizer):
+    # A call site lends the wrappers its last run wore before its next run starts;
+    # after the Envoys are pointed at new modules, those wrappers (around the old
+    # modules) must not be lent, or the read would wait on a module that never runs.
+    import copy
+
+    from endoscope import NNsight
+    from endoscope._rebinding import rebind
+
+    model = NNsight(gpt2)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+
+    def read_block() -> torch.Tensor:
+        with model.trace(ids):
+            hidden = model.transformer.h[1].output[0].save()
+        return hidden
+
+    read_block()
+    replacement = copy.deepcopy(gpt2)
+    with torch.no_grad():
+        for parameter in replacement.parameters():
+            parameter.mul_(0.5)
+    rebind(model, replacement)
+    assert torch.equal(read_block(), block_output(replacement, tokenizer, 1)[0])
