@@ -11,7 +11,7 @@ call.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from endoscope_cache import Cache, CacheDict
@@ -95,7 +95,7 @@ def attach_cache(
         if early and include_output and not include_inputs:
             wrapper = lend_early(envoy, interleaver)
             if wrapper is not None and not envoy._module._forward_hooks:
-                wrapper.records.append([add, f"{path}.output.i", 0])
+                wrapper.records.append(_recorder(add, f"{path}.output.i"))
                 if wrapper.run.general is None:
                     wrapper.run.general = wrapper._call_records
                 else:
@@ -107,6 +107,18 @@ def attach_cache(
             _record_inputs(cache, envoy, path, interleaver, wanted is None)
     interleaver.hooks.append(_Finish(cache))
     return cache.cache
+
+
+def _recorder(add: Callable[[str, Any], None], prefix: str) -> Callable[[Any], None]:
+    """``record(value)``: adds ``value`` as ``<prefix><call number>``, counting calls."""
+    count = 0
+
+    def record(value: Any) -> None:
+        nonlocal count
+        add(f"{prefix}{count}", value)
+        count += 1
+
+    return record
 
 
 class _Finish:
@@ -137,7 +149,7 @@ def _record_outputs(
         interleaver.hooks.append(add_forward_hook(module, record, first=False))
         return
     wrapper = run_forward(envoy, interleaver, ancestors=not every)
-    wrapper.records.append([cache.add, f"{path}.output.i", 0])
+    wrapper.records.append(_recorder(cache.add, f"{path}.output.i"))
     wrapper._update()
 
 
@@ -159,5 +171,5 @@ def _record_inputs(
         )
         return
     wrapper = run_forward(envoy, interleaver, ancestors=not every)
-    wrapper.input_records.append([cache.add, f"{path}.input.i", 0])
+    wrapper.input_records.append(_recorder(cache.add, f"{path}.input.i"))
     wrapper._update()

@@ -158,8 +158,9 @@ class _Forward:
         skippable: a pre-hook serves the inputs and may ask to skip the call.
         route: send calls through the module's ``.source`` accessor when active.
         skips: ``(batch_group, value)`` pairs of invokes skipping the current call.
-        records: ``[add, prefix, count]`` output recorders of caches.
-        input_records: the same for inputs.
+        records: output recorders of caches, each called as ``record(output)``
+            once per call of the module (a recorder numbers the calls itself).
+        input_records: the same for inputs, called with ``(args, kwargs)``.
     """
 
     __slots__ = (
@@ -192,8 +193,8 @@ class _Forward:
         self.skippable = False
         self.route = False
         self.skips: list[tuple[Any, Any]] | None = None
-        self.records: list[list[Any]] = []
-        self.input_records: list[list[Any]] = []
+        self.records: list[Callable[[Any], None]] = []
+        self.input_records: list[Callable[[Any], None]] = []
         self.had_instance = "forward" in module.__dict__
         self.class_forward = type(module).forward
         self.original: Any = module.forward
@@ -212,8 +213,7 @@ class _Forward:
         """The wrapper's path when it serves the output and records it for caches."""
         output = interleaver.handle(self.provider, self.original(*args, **kwargs), True)
         for record in self.records:
-            record[0](f"{record[1]}{record[2]}", output)
-            record[2] += 1
+            record(output)
         return output
 
     def _call(self, interleaver: Interleaver, args: Any, kwargs: Any) -> Any:
@@ -224,8 +224,7 @@ class _Forward:
             except SkipException as skip:
                 self.skips = skip.values
         for record in self.input_records:
-            record[0](f"{record[1]}{record[2]}", (args, kwargs))
-            record[2] += 1
+            record((args, kwargs))
         skips, self.skips = self.skips, None
         if skips is None:
             output = self._forward(args, kwargs)
@@ -233,8 +232,7 @@ class _Forward:
             output = _merge_skips(interleaver, skips, lambda: self._forward(args, kwargs))
         output = interleaver.handle(self.provider, output, True)
         for record in self.records:
-            record[0](f"{record[1]}{record[2]}", output)
-            record[2] += 1
+            record(output)
         return output
 
     def _forward(self, args: Any, kwargs: Any) -> Any:
@@ -320,7 +318,15 @@ def _install(interleaver: Interleaver, envoy: Envoy) -> _Forward:
             envoy.__dict__[ENVOY_WRAPPER_ATTR] = wrapper
     wrapper.run.interleaver = interleaver
     state["forward"] = wrapper.forward
+    _note_lent(interleaver, wrapper)
     return wrapper
+
+
+def _note_lent(interleaver: Interleaver, wrapper: _Forward) -> None:
+    """Tell an EnvoyInterleaver which wrappers its run lent beyond the warm ones."""
+    lent = getattr(interleaver, "lent_late", None)
+    if lent is not None:
+        lent.append(wrapper)
 
 
 def run_forward(
@@ -407,6 +413,7 @@ def _lend(wrapper: _Forward, interleaver: Interleaver) -> bool:
     wrapper.run.interleaver = interleaver
     state["forward"] = wrapper.forward
     interleaver.hooks.append(wrapper)
+    _note_lent(interleaver, wrapper)
     return True
 
 
@@ -442,14 +449,14 @@ def lend_warm(wrappers: list[_Forward], interleaver: Interleaver) -> int:
 
 
 def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:
-    """The reusable wrappers ``interleaver``'s run wears, in the order lent
-    (parents before children)."""
+    """The reusable wrappers ``interleaver``'s run lent beyond those it was lent
+    warm, in the order lent (parents before children)."""
     wrappers = []
-    for handle in interleaver.hooks:
-        if type(handle) is _Forward and handle.envoy is not None:
-            envoy = handle.envoy()
-            if envoy is not None and envoy.__dict__.get(ENVOY_WRAPPER_ATTR) is handle:
-                wrappers.append(handle)
+    for wrapper in getattr(interleaver, "lent_late", ()):
+        if wrapper.envoy is not None:
+            envoy = wrapper.envoy()
+            if envoy is not None and envoy.__dict__.get(ENVOY_WRAPPER_ATTR) is wrapper:
+                wrappers.append(wrapper)
     return wrappers
 
 

@@ -67,6 +67,8 @@ class EnvoyInterleaver(Interleaver):
             that calls it more than once, such as generation); else ``None``.
         live_calls: on the trace that learns the order, every point's calls so far.
         requests: module values read or written so far in this run.
+        lent_late: forward wrappers lent in this run beyond the call site's warm
+            ones (what the call site's next run is lent before it starts).
     """
 
     def __init__(self, *args: Any, model: NNsight, **kwargs: Any) -> None:
@@ -78,6 +80,8 @@ class EnvoyInterleaver(Interleaver):
         self.live_calls: dict[str, int] | None = None
         #: Reads and writes of module values so far (lets a loop see a step that made none).
         self.requests = 0
+        #: Forward wrappers lent in this run beyond the call site's warm ones.
+        self.lent_late: list[Any] = []
 
     def missed_error(
         self, requester: str, asked_at: str | None, mediator: Mediator | None = None

@@ -215,14 +215,13 @@ class NNsight(Envoy):
             torch.Tensor.backward = backward_entry  # type: ignore[method-assign]
         site = tracer._site
         warm = self._warm.get(site) if site is not None else None
-        lent = 0
         try:
             if warm:
                 # What this call site read last time is wrapped before the forward
                 # starts: its reads then find their wrapper in place, and no read
                 # hooks a module late (which would have to number its calls).
                 try:
-                    lent = lend_warm(warm, interleaver)
+                    lend_warm(warm, interleaver)
                 except BaseException:
                     interleaver.cancel()
                     raise
@@ -236,10 +235,10 @@ class NNsight(Envoy):
                 else:
                     output = run(*args, **kwargs)
                 output = tracer._provide_result(output)
-                if site is not None and len(interleaver.hooks) != lent:
-                    # Something beyond the warm-up list was hooked in this run.
+                if site is not None and interleaver.lent_late:
                     self._remember_lent(site, warm, interleaver)
         finally:
+            interleaver.lent_late.clear()
             running_models.remove(self)
             if outer_backward is not backward_entry:
                 torch.Tensor.backward = outer_backward  # type: ignore[method-assign]
