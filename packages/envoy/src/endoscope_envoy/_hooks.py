@@ -550,9 +550,9 @@ def requires_inputs(stub: Callable[..., Any]) -> Callable[..., None]:
     return ensure
 
 
-def ensure_forward_wrapper(envoy: Envoy) -> None:
+def ensure_forward_wrapper(envoy: Envoy, interleaver: Interleaver | None = None) -> None:
     """Route ``envoy``'s module through its ``.source`` accessor in this run (when active)."""
-    wrapper = run_forward(envoy)
+    wrapper = run_forward(envoy, interleaver)
     if not wrapper.route:
         wrapper.route = True
         wrapper._update()

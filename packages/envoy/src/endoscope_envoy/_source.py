@@ -28,7 +28,7 @@ from endoscope_source import (
     get_or_create_source_accessor,
 )
 
-from ._hooks import _Removable, ensure_forward_wrapper, ensure_slow_path
+from ._hooks import _Removable, ensure_forward_wrapper
 
 if TYPE_CHECKING:
     from ._envoy import Envoy
@@ -128,10 +128,12 @@ class OperationEnvoy:
     def _hook(self, kind: str) -> None:
         owner = self._owner
         interleaver = owner.interleaver
-        ensure_slow_path(owner, include_self=True)
-        ensure_forward_wrapper(owner)
-        for parent_op in self._parent_chain():
-            interleaver.ensure_hook((id(parent_op._op), "descend"), parent_op._descend)
+        # The owner's wrapper (its ancestors' too) routes its calls through the
+        # rewritten forward in this run.
+        ensure_forward_wrapper(owner, interleaver)
+        if self._parent._operation is not None:
+            for parent_op in self._parent_chain():
+                interleaver.ensure_hook((id(parent_op._op), "descend"), parent_op._descend)
         interleaver.ensure_hook(
             (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
         )
