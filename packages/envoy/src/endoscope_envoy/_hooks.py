@@ -180,10 +180,12 @@ class _Forward:
         "run",
         "skippable",
         "skips",
+        "state",
     )
 
     def __init__(self, module: Any, path: str, envoy: Envoy | None = None) -> None:
         self.module = module
+        self.state = module.__dict__
         # Weak: the Envoy holds this wrapper (for the warm-up memo of run_warm).
         self.envoy = weakref.ref(envoy) if envoy is not None else None
         self.provider = f"{path}.output"
@@ -250,18 +252,22 @@ class _Forward:
         if interleaver is None:
             return
         run.interleaver = None
-        state = self.module.__dict__
+        state = self.state
         if state.get("forward") is self.forward:
             if self.had_instance:
                 state["forward"] = self.original
             else:
                 del state["forward"]
         if run.general is not None:
-            run.general = None
-            self.inputs = self.skippable = self.route = False
-            self.skips = None
-            self.records = []
-            self.input_records = []
+            self._forget_extras()
+
+    def _forget_extras(self) -> None:
+        """Switch off what the run asked of the wrapper beyond serving the output."""
+        self.run.general = None
+        self.inputs = self.skippable = self.route = False
+        self.skips = None
+        self.records = []
+        self.input_records = []
 
 
 def _build(run: _Run, original: Any, provider: str) -> Callable[..., Any]:
@@ -424,28 +430,54 @@ def lend_warm(wrappers: list[_Forward], interleaver: Interleaver) -> int:
     A wrapper is skipped when it is lent elsewhere or its module's forward is no
     longer the one it wraps. The list belongs to the model and is dropped when
     its Envoys are pointed at other modules (:meth:`NNsight._modules_replaced`).
+    The run gets one handle for all of them (:class:`_Lease`).
     """
     # _lend, inlined: this loop runs once per warm module and trace.
-    hooks = interleaver.hooks
-    lent = 0
+    lent = []
     for wrapper in wrappers:
         run = wrapper.run
         if run.interleaver is not None:
             continue
-        module = wrapper.module
-        state = module.__dict__
+        state = wrapper.state
         if wrapper.had_instance:
             if state.get("forward") is not wrapper.original:
                 continue
         elif "forward" in state:
             continue
-        if type(module).forward is not wrapper.class_forward:
+        if type(wrapper.module).forward is not wrapper.class_forward:
             continue
         run.interleaver = interleaver
         state["forward"] = wrapper.forward
-        hooks.append(wrapper)
-        lent += 1
-    return lent
+        lent.append(wrapper)
+    if lent:
+        interleaver.hooks.append(_Lease(lent))
+    return len(lent)
+
+
+class _Lease:
+    """The run handle of the wrappers :func:`lend_warm` lent: returns them all."""
+
+    __slots__ = ("wrappers",)
+
+    def __init__(self, wrappers: list[_Forward]) -> None:
+        self.wrappers = wrappers
+
+    def remove(self) -> None:
+        wrappers, self.wrappers = self.wrappers, []
+        # _Forward.remove, inlined.
+        for wrapper in wrappers:
+            run = wrapper.run
+            if run.interleaver is None:
+                continue
+            run.interleaver = None
+            state = wrapper.state
+            if state.get("forward") is wrapper.forward:
+                if wrapper.had_instance:
+                    state["forward"] = wrapper.original
+                else:
+                    del state["forward"]
+            if run.general is not None:
+                wrapper._forget_extras()
 
 
 def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:
