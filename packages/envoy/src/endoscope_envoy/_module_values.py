@@ -104,6 +104,27 @@ class ModuleValue(eproperty):
         return mediator.request(self._requester(obj, mediator))
 
     def __set__(self, obj: Any, value: Any) -> None:
+        # As in __get__: the common case inlined (a replacement of the output of
+        # a module's first call, its wrapper lent to this run).
+        root = obj._root_ref()
+        interleaver = root._interleaver if root is not None else None
+        if type(interleaver) is EnvoyInterleaver and self._serves_output:
+            mediator = interleaver.current
+            state = obj.__dict__
+            wrapper = state.get(ENVOY_WRAPPER_ATTR)
+            first = state.get(self._first_attr)
+            if (
+                mediator is not None
+                and wrapper is not None
+                and wrapper.run.interleaver is interleaver
+                and first is not None
+                and mediator.iteration is None
+                and not mediator.iteration_tracker
+                and self._postprocess is None
+            ):
+                interleaver.requests += 1
+                mediator.swap(first, value)
+                return
         mediator = self._fast(obj) if self._postprocess is None else None
         if mediator is None:
             super().__set__(obj, value)
