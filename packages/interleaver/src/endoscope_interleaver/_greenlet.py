@@ -103,15 +103,24 @@ class _GreenletWorker:
         self.suspend: Callable[[Any], Any] = _unresumed
 
     def resume(self, value: Any) -> Any:
-        caller = _greenlet.getcurrent()
+        # The same resumer as last time (the common case): its greenlet is this
+        # greenlet's parent already, set when it became the resumer.
+        if _greenlet.getcurrent() is not self._caller:
+            return self._resume_from(_greenlet.getcurrent(), value)
+        reply = self._glet.switch(value)
+        if self.finished:
+            return self._end()
+        return reply
+
+    def _resume_from(self, caller: Any, value: Any) -> Any:
+        """:meth:`resume` by a new resumer (the first, or another greenlet)."""
         glet = self._glet
         if glet is None:
             glet, value = self._attach(caller), self
         elif glet.parent is not caller:
             self._reparent(glet, caller)
-        if caller is not self._caller:
-            self._caller = caller
-            self.suspend = caller.switch
+        self._caller = caller
+        self.suspend = caller.switch
         reply = glet.switch(value)
         if self.finished:
             return self._end()

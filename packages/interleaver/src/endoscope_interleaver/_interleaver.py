@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from ._errors import EarlyStopException, MissedProviderError, OutOfOrderError, SkipException
 from ._events import Events, Signal
 from ._mediator import HookHandle, Mediator
-from ._scheduler import Scheduler, default_scheduler
+from ._scheduler import Scheduler, Worker, default_scheduler
 
 __all__ = ["Barrier", "Batcher", "Interleaver"]
 
@@ -171,6 +171,9 @@ class Interleaver:
         self._history: set[str] = set()
         self._wanted: dict[str, int] = {}
         self._live: list[Mediator] = []
+        # The only live mediator, when there is one and it sees whole values:
+        # handle() serves it without _serve's general loop.
+        self._solo: Mediator | None = None
         self._provider: str | None = None
         self._value: Any = None
         self._skips: list[tuple[Any, Any]] | None = None
@@ -236,6 +239,7 @@ class Interleaver:
                     mediator._process(None)
                 except EarlyStopException:
                     self._stop_before_start()
+            self._find_solo()
         except BaseException:
             self._teardown()
             raise
@@ -280,6 +284,7 @@ class Interleaver:
             except Exception as error:
                 errors.append(error)
         self._live = []
+        self._solo = None
         self._wanted = {}
         if errors:
             raise errors[0]
@@ -290,6 +295,7 @@ class Interleaver:
         self._history = set()
         self._wanted = {}
         self._live = []
+        self._solo = None
         self._provider = None
         self._value = None
         self._skips = None
@@ -307,8 +313,20 @@ class Interleaver:
                 mediator.interleaver = None
 
     def _stop_before_start(self) -> None:
-        self._stopping = True
+        self._stop()
         self._wanted = _Everything()
+
+    def _stop(self) -> None:
+        self._stopping = True
+        self._solo = None
+
+    def _find_solo(self) -> None:
+        """Set :attr:`_solo` from the live mediators (after any change to them)."""
+        live = self._live
+        solo = live[0] if len(live) == 1 and not self._stopping else None
+        if solo is not None and solo.batch_group is not None and self.batcher is not None:
+            solo = None
+        self._solo = solo
 
     def _end(self) -> None:
         """The computation finished: every request still pending has been missed."""
@@ -361,11 +379,68 @@ class Interleaver:
             calls[provider] = count + 1
             if provider not in self._wanted:
                 return value
-            return self._serve(f"{provider}.i{count}", value, None)
-        self._history.add(provider)
-        if provider not in self._wanted:
-            return value
-        return self._serve(provider, value, None)
+            provider = f"{provider}.i{count}"
+        else:
+            self._history.add(provider)
+            if provider not in self._wanted:
+                return value
+        mediator = self._solo
+        if mediator is None or mediator._read != provider or self._provider is not None:
+            return self._serve(provider, value, None)
+        # The common case of _serve, in this frame: the run's only live mediator
+        # reads this value whole, then asks for a later provider. It is the only
+        # one waiting, so the wanted-set holds its keys alone; and no value is
+        # being served (no provider), so there is no state to save but this one.
+        self._provider = provider
+        self._value = value
+        try:
+            wanted = self._wanted
+            wanted.clear()
+            mediator.waiting = mediator._read = None
+            worker: Worker = mediator._worker  # type: ignore[assignment]
+            previous = self.current
+            self.current = mediator
+            try:
+                reply = worker.resume(value)
+            finally:
+                self.current = previous
+            mediator.event = reply
+            event, requester = reply
+            # A VALUE event is never a finished worker's last: no need to ask.
+            if event is _VALUE:
+                # _wait, inlined for a requester whose iteration is still ahead (the
+                # provider itself is not: it was counted, or recorded as history).
+                split = _SPLITS.get(requester) or _split_iteration(requester)
+                if split is None:
+                    mediator._process(provider)
+                else:
+                    base, iteration = split
+                    if self.calls.get(base, 0) <= iteration and requester not in self._history:
+                        mediator.waiting = mediator._read = requester
+                        mediator.asked_at = provider
+                        mediator._base = base
+                        wanted[requester] = 1
+                        wanted[base] = 1
+                    else:
+                        mediator._process(provider)
+            else:
+                if worker.finished:
+                    mediator._worker = None
+                mediator._process(provider)
+            value, skips = self._value, self._skips
+        except BaseException as error:
+            self._provider = self._value = self._skips = None
+            # They may hold the intervention's exception, whose traceback will
+            # hold this frame: no cycle.
+            reply = requester = None
+            if isinstance(error, EarlyStopException):
+                self._stop()
+            raise
+        self._provider = self._value = None
+        if skips:
+            self._skips = None
+            raise SkipException(skips)
+        return value
 
     def _serve(self, provider: str, value: Any, only: Mediator | None) -> Any:
         """Serve ``provider`` (already recorded as gone by) to the mediators waiting."""
@@ -379,7 +454,7 @@ class Interleaver:
             for mediator in (only,) if only is not None else tuple(self._live):
                 if mediator.waiting == provider:
                     # _unwait, inlined: this loop runs once per served value.
-                    mediator.waiting = None
+                    mediator.waiting = mediator._read = None
                     wanted = self._wanted
                     count = wanted.get(provider, 0) - 1
                     if count > 0:
@@ -401,7 +476,7 @@ class Interleaver:
                     ):
                         event, payload = mediator.respond(self._value)
                         if event is _VALUE and payload != provider:
-                            missed = self._wait(mediator, payload, provider)
+                            missed = self._wait(mediator, payload, provider, True)
                             if missed is None:
                                 continue
                             mediator.respond(Signal(missed))
@@ -412,7 +487,7 @@ class Interleaver:
                     mediator._process(provider)
             value, skips = self._value, self._skips
         except EarlyStopException:
-            self._stopping = True
+            self._stop()
             raise
         finally:
             self._provider, self._value, self._skips = saved
@@ -500,9 +575,13 @@ class Interleaver:
         self._skips.append((mediator.batch_group, value))
 
     def _wait(
-        self, mediator: Mediator, requester: str, provider: str | None
+        self, mediator: Mediator, requester: str, provider: str | None, read: bool
     ) -> MissedProviderError | None:
-        """Register ``mediator`` as waiting for ``requester``, or say why it never can."""
+        """Register ``mediator`` as waiting for ``requester``, or say why it never can.
+
+        ``read``: whether it waits to read the value (a VALUE event), rather than
+        to swap or skip it.
+        """
         if self._ended:
             return self.missed_error(requester, mediator.asked_at, mediator)
         split = _SPLITS.get(requester) or _split_iteration(requester)
@@ -512,6 +591,7 @@ class Interleaver:
         ):
             return self.out_of_order_error(requester, provider)
         mediator.waiting = requester
+        mediator._read = requester if read else None
         mediator.asked_at = provider
         mediator._base = base
         wanted = self._wanted
@@ -525,7 +605,7 @@ class Interleaver:
         requester = mediator.waiting
         if requester is None:
             return
-        mediator.waiting = None
+        mediator.waiting = mediator._read = None
         wanted = self._wanted
         for key in (requester, mediator._base):
             if key is None:
@@ -540,6 +620,7 @@ class Interleaver:
         self._unwait(mediator)
         if mediator in self._live:
             self._live.remove(mediator)
+            self._find_solo()
         mediator.remove_hooks()
 
     def missed_error(

@@ -104,8 +104,8 @@ class Mediator:
         self.name = name if name is not None else getattr(intervention, "__name__", "intervention")
         self.batch_group = batch_group
         self.info = info
-        self.push = push
-        self.pull = pull
+        self._push = push
+        self._pull = pull
         self.interleaver: Interleaver | None = None
         self.hooks: list[HookHandle] = []
         self.user_cache: list[Any] = []
@@ -116,10 +116,13 @@ class Mediator:
         self.asked_at: str | None = None
         self.index = 0
         self._base: str | None = None  # waiting's path without .iN, if any
+        self._read: str | None = None  # waiting, when it waits to read the value
         self._worker: Worker | None = None
         self._transform: tuple[str, Callable[[], Any]] | None = None
         self._barrier: Barrier | None = None
         self._canceled = False
+        # Whether a read must take send()'s way (see _refresh), in one flag.
+        self._detour = push is not None or pull is not None
 
     def __repr__(self) -> str:
         if self._worker is None:
@@ -131,6 +134,35 @@ class Mediator:
         return f"<Mediator {self.name} {state}>"
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def push(self) -> Callable[[Mediator], None] | None:
+        """Called in the worker just before each switch to the model side, or ``None``."""
+        return self._push
+
+    @push.setter
+    def push(self, push: Callable[[Mediator], None] | None) -> None:
+        self._push = push
+        self._refresh()
+
+    @property
+    def pull(self) -> Callable[[Mediator], None] | None:
+        """Called in the worker just after each switch back, or ``None``."""
+        return self._pull
+
+    @pull.setter
+    def pull(self, pull: Callable[[Mediator], None] | None) -> None:
+        self._pull = pull
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute :attr:`_detour` (after a change to any state it summarizes)."""
+        self._detour = (
+            self._transform is not None
+            or self._canceled
+            or self._push is not None
+            or self._pull is not None
+        )
 
     @property
     def alive(self) -> bool:
@@ -183,6 +215,7 @@ class Mediator:
         if self._transform is not None and event is not _EXCEPTION:
             requester, transform = self._transform
             self._transform = None
+            self._refresh()
             self._send(_SWAP, (requester, transform()))
         return self._send(event, payload)
 
@@ -211,11 +244,11 @@ class Mediator:
                     else:
                         interleaver._skip(self, payload[1])
                     return None
-        if self.push is not None:
-            self.push(self)
+        if self._push is not None:
+            self._push(self)
         reply = worker.suspend((event, payload))
-        if self.pull is not None:
-            self.pull(self)
+        if self._pull is not None:
+            self._pull(self)
         if type(reply) is Signal:
             error = self._error_of(reply)
             try:
@@ -235,13 +268,7 @@ class Mediator:
     def request(self, requester: str) -> Any:
         """Block until ``requester`` is provided and return the value (worker side)."""
         worker = self._worker
-        if (
-            worker is None
-            or self._transform is not None
-            or self._canceled
-            or self.push is not None
-            or self.pull is not None
-        ):
+        if worker is None or self._detour:
             return self.send(_VALUE, requester)
         # The common case of _send, in one frame: every read of a value runs it.
         interleaver: Interleaver = self.interleaver  # type: ignore[assignment]
@@ -283,6 +310,7 @@ class Mediator:
         """Park a one-shot transform: when the worker next switches back, its result
         replaces ``requester``'s value (worker side; used by :class:`eproperty`)."""
         self._transform = (requester, transform)
+        self._detour = True
 
     @contextmanager
     def iterating(self, iteration: int | None) -> Iterator[None]:
@@ -300,6 +328,7 @@ class Mediator:
             if self._transform is not None:
                 requester, transform = self._transform
                 self._transform = None
+                self._refresh()
                 self._send(_SWAP, (requester, transform()))
         except BaseException as error:
             if self._canceled:
@@ -322,12 +351,13 @@ class Mediator:
         if self.event is not None or self.iteration_tracker or self._canceled:
             # Started before: forget that run (a new mediator is clean already).
             self.event = None
-            self.waiting = None
+            self.waiting = self._read = None
             self.iteration = None
             self.iteration_tracker = _Tracker()
             self._transform = None
             self._barrier = None
             self._canceled = False
+            self._refresh()
         context = contextvars.copy_context()
         self._worker = interleaver.scheduler.start(
             partial(context.run, self._main), f"endoscope-{self.name}"
@@ -372,6 +402,7 @@ class Mediator:
         try:
             if self._worker is not None:
                 self._canceled = True
+                self._detour = True
                 if self.interleaver is not None:
                     self.interleaver._unwait(self)
                 if self._barrier is not None:
@@ -405,7 +436,7 @@ class Mediator:
                     self.respond(value)
                     continue
                 # The common way out: wait for a later provider (_block, inlined).
-                missed = interleaver._wait(self, payload, provider)
+                missed = interleaver._wait(self, payload, provider, True)
                 if missed is None:
                     return
                 self.respond(Signal(missed))
@@ -447,7 +478,7 @@ class Mediator:
         """Make this mediator wait for ``requester``; False if answered with an error."""
         interleaver = self.interleaver
         assert interleaver is not None
-        error = interleaver._wait(self, requester, provider)
+        error = interleaver._wait(self, requester, provider, False)
         if error is None:
             return True
         self.respond(Signal(error))
