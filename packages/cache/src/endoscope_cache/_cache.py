@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ._cachedict import CacheDict
-from ._entry import Entry, EntryList
+from ._entry import _OUTPUT, Entry, EntryList
 from ._nested import map_tensors
 from ._shards import DEFAULT_SHARD_SIZE, ShardWriter
 
@@ -180,6 +180,8 @@ class Cache:
         # "<path>.<output|input>" -> (path, kind), or None when filtered out.
         self._heads: dict[str, tuple[str, str] | None] = {}
         self._writer: ShardWriter | None = None
+        # recorder(path) for outputs, when the fast in-memory path applies.
+        self._make_output: Callable[[str], Callable[[Any], None]] | None = None
         if self.directory is None:
             self._transform = _tensor_transform(self.detach, self.device, dtype)
         else:
@@ -195,6 +197,8 @@ class Cache:
             self.cache._location = str(self.directory)
             # Write the last shard even if close() is never called.
             self._finalizer = weakref.finalize(self, self._writer.close)
+        if self._writer is None and dtype is None:
+            self._make_output = self._output_recorders()
 
     def _target(self, provider: str) -> Target | None:
         """Parse and filter ``provider``; remember the verdict for its head."""
@@ -240,6 +244,10 @@ class Cache:
             path, kind, iteration = target
         else:
             path, kind = known
+        self._store(path, kind, iteration, value)
+
+    def _store(self, path: str, kind: str, iteration: int | None, value: Any) -> None:
+        """Transform ``value`` and file it as ``kind`` of call ``iteration`` of ``path``."""
         if self._writer is not None and self._writer.closed:
             raise ValueError(f"the disk cache at {self.directory} is closed; create a new Cache")
         if kind == "inputs":
@@ -253,6 +261,147 @@ class Cache:
         if self._writer is not None:
             value = self._writer.write_value(path, index, iteration, kind, value)
         entry._set(kind, value)
+
+    def recorder(self, path: str, kind: str = "output") -> Callable[[Any], None] | None:
+        """A function that records every call of one module, for hooks on the hot path.
+
+        ``recorder(path)(value)`` stores what ``add(f"{path}.output.i{n}", value)``
+        would, where ``n`` counts the recorder's own calls from 0: the filter, the
+        provider parsing and the choice of transform are done here, once, so each
+        call only transforms ``value`` and files it. Use one recorder per module,
+        kind and run, called once per call of the module (a module that runs several
+        times gets an :class:`EntryList`, as with ``add``). A path's output and
+        inputs recorders share one entry per call.
+
+        Unlike ``add``, ``path`` is taken as the module path it is: a module with a
+        component named ``source`` in its path is recorded.
+
+        Args:
+            path: the module's path, e.g. ``"model.transformer.h.0"``.
+            kind: ``"output"`` (each call's return value) or ``"inputs"`` (each
+                call's ``(args, kwargs)``; ``"input"`` is accepted too).
+
+        Returns:
+            ``record(value)``, or None when this cache keeps nothing of that kind for
+            ``path`` (filtered out by ``modules``, ``include_output`` or
+            ``include_inputs``).
+
+        Raises:
+            ValueError: ``kind`` names neither the output nor the inputs.
+
+        Example:
+            >>> cache = Cache()
+            >>> record = cache.recorder("model.fc")
+            >>> record(torch.ones(2))
+            >>> cache.cache["model.fc"].output
+            tensor([1., 1.])
+        """
+        if kind == "output":
+            if not self.include_output or (self.modules is not None and path not in self.modules):
+                return None
+            make = self._make_output
+            if make is not None:
+                return make(path)
+        elif kind == "inputs" or kind == "input":
+            if not self.include_inputs or (self.modules is not None and path not in self.modules):
+                return None
+            kind = "inputs"
+        else:
+            raise ValueError(f"kind must be 'output' or 'inputs', not {kind!r}")
+        store = self._store
+        calls = 0
+
+        def record(value: Any) -> None:
+            nonlocal calls
+            call = calls
+            calls = call + 1
+            store(path, kind, call, value)
+
+        return record
+
+    def _output_recorders(self) -> Callable[[str], Callable[[Any], None]]:
+        """``make(path)``: ``recorder(path)`` for outputs in memory, no dtype given.
+
+        ``add``'s steps, inlined and bound once per cache: a tensor is detached and
+        moved only when that changes it, and a module's first call makes its entry
+        directly (the cache dict rebuilds its slot bookkeeping from the entry if the
+        module runs again).
+        """
+        assert self._writer is None and self.dtype is None
+        cache = self.cache
+        slot = cache._slot
+        setdefault = dict.setdefault
+        new = object.__new__
+        transform = self._transform
+        detach = self.detach
+        device = self.device
+        tensor = torch.Tensor
+        entry_type = Entry
+        flag = _OUTPUT
+
+        if detach and device is not None and device.type == "cpu":
+            # The defaults (detach=True, device="cpu"), with the checks specialised.
+
+            def make(path: str) -> Callable[[Any], None]:
+                calls = 0
+
+                def record(value: Any) -> None:
+                    nonlocal calls
+                    if type(value) is tensor:
+                        if value.requires_grad:
+                            value = value.detach()
+                        if not value.is_cpu:
+                            value = value.to(device)
+                    else:
+                        value = map_tensors(value, transform)  # type: ignore[arg-type]
+                    if calls == 0:
+                        calls = 1
+                        entry = new(entry_type)
+                        entry._output = value
+                        entry._inputs = None
+                        entry._flags = flag
+                        entry.iteration = 0
+                        if setdefault(cache, path, entry) is entry:
+                            return
+                        entry, _ = slot(path, "output", 0)
+                    else:
+                        call = calls
+                        calls = call + 1
+                        entry, _ = slot(path, "output", call)
+                    entry._set("output", value)
+
+                return record
+
+            return make
+
+        def make_any(path: str) -> Callable[[Any], None]:
+            calls = 0
+
+            def record(value: Any) -> None:
+                nonlocal calls
+                if type(value) is tensor:
+                    if detach and value.requires_grad:
+                        value = value.detach()
+                    if device is not None and value.device != device:
+                        value = value.to(device)
+                elif transform is not None:
+                    value = map_tensors(value, transform)
+                call = calls
+                calls = call + 1
+                if call == 0:
+                    entry = new(entry_type)
+                    entry._output = value
+                    entry._inputs = None
+                    entry._flags = flag
+                    entry.iteration = 0
+                    if setdefault(cache, path, entry) is entry:
+                        return
+                entry, _ = slot(path, "output", call)
+                entry._set("output", value)
+
+            return record
+
+        return make_any
 
     def flush(self) -> None:
         """With ``directory``: write buffered tensors and update the manifest now."""

@@ -11,7 +11,7 @@ call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from endoscope_cache import Cache, CacheDict
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from ._tracer import InterleavingTracer
 
 __all__ = ["attach_cache"]
+
+# Where a model keeps ``(children tuple, (path, Envoy) below the root)``.
+_MODULES_ATTR = "_endoscope_cache_modules"
 
 
 def _paths(model: Envoy, modules: Any) -> list[str] | None:
@@ -84,41 +87,67 @@ def attach_cache(
         directory=directory,
     )
     interleaver = tracer.interleaver
-    wanted = set(paths) if paths is not None else None
-    # Every module, before the first provider: named_modules() lists parents
-    # before children, so each wrapper can simply be lent to the run.
-    early = wanted is None and interleaver.provider is None and not interleaver.calls
-    add = cache.add
-    for path, envoy in model.named_modules():
-        if wanted is not None and path not in wanted:
-            continue
-        if early and include_output and not include_inputs:
+    if (
+        paths is None
+        and include_output
+        and not include_inputs
+        and interleaver.provider is None
+        and not interleaver.calls
+    ):
+        # Every module's output, before the first provider: the modules are listed
+        # parents before children, so each wrapper can simply be lent to the run.
+        recorder = cache.recorder
+        for path, envoy in _named_modules(model):
             wrapper = lend_early(envoy, interleaver)
-            if wrapper is not None and not envoy._module._forward_hooks:
-                wrapper.records.append(_recorder(add, f"{path}.output.i"))
-                if wrapper.run.general is None:
-                    wrapper.run.general = wrapper._call_records
-                else:
-                    wrapper._update()
+            if wrapper is None or envoy._module._forward_hooks:
+                _record_outputs(cache, envoy, path, interleaver, True)
                 continue
-        if include_output:
-            _record_outputs(cache, envoy, path, interleaver, wanted is None)
-        if include_inputs:
-            _record_inputs(cache, envoy, path, interleaver, wanted is None)
-    interleaver.hooks.append(_Finish(cache))
+            record = recorder(path)
+            if record is None:
+                continue
+            wrapper.records.append(record)
+            run = wrapper.run
+            if run.general is None:
+                run.general = wrapper._call_records
+            else:
+                wrapper._update()
+    else:
+        wanted = set(paths) if paths is not None else None
+        for path, envoy in _named_modules(model):
+            if wanted is not None and path not in wanted:
+                continue
+            if include_output:
+                _record_outputs(cache, envoy, path, interleaver, wanted is None)
+            if include_inputs:
+                _record_inputs(cache, envoy, path, interleaver, wanted is None)
+    if directory is not None:
+        interleaver.hooks.append(_Finish(cache))
     return cache.cache
 
 
-def _recorder(add: Callable[[str, Any], None], prefix: str) -> Callable[[Any], None]:
-    """``record(value)``: adds ``value`` as ``<prefix><call number>``, counting calls."""
-    count = 0
+def _named_modules(model: Envoy) -> tuple[tuple[str, Envoy], ...]:
+    """``model.named_modules()``, with the part below the root listed once per tree.
 
-    def record(value: Any) -> None:
-        nonlocal count
-        add(f"{prefix}{count}", value)
-        count += 1
-
-    return record
+    Below the root, the list is kept on the model an edited copy was made from
+    (the copies share its Envoy tree) and reused while the root's tuple of
+    children is the same object: re-pointing the tree at new modules (loading
+    weights) assigns a new one, even where it adds or drops Envoys. Modules are
+    read through ``envoy._module`` per trace, so a re-pointed Envoy is seen.
+    """
+    base = model
+    while True:
+        up = base.__dict__.get("_original")
+        if up is None:
+            break
+        base = up
+    state = base.__dict__
+    key = state.get("_ordered")
+    memo = state.get(_MODULES_ATTR)
+    if memo is None or key is None or memo[0] is not key:
+        memo = (key, tuple(model.named_modules())[1:])
+        if key is not None:
+            state[_MODULES_ATTR] = memo
+    return ((model.path, model), *memo[1])
 
 
 class _Finish:
@@ -139,17 +168,21 @@ def _record_outputs(
     module = envoy._module
     if module._forward_hooks:
         # The user's forward hooks run after the wrapper: record after them.
-        count = [0]
-        add = cache.add
+        record = cache.recorder(path)
+        if record is None:
+            return
+        keep = record
 
-        def record(module_: Any, args: Any, output: Any) -> None:
-            add(f"{path}.output.i{count[0]}", output)
-            count[0] += 1
+        def hook(module_: Any, args: Any, output: Any) -> None:
+            keep(output)
 
-        interleaver.hooks.append(add_forward_hook(module, record, first=False))
+        interleaver.hooks.append(add_forward_hook(module, hook, first=False))
+        return
+    record = cache.recorder(path)
+    if record is None:
         return
     wrapper = run_forward(envoy, interleaver, ancestors=not every)
-    wrapper.records.append(_recorder(cache.add, f"{path}.output.i"))
+    wrapper.records.append(record)
     wrapper._update()
 
 
@@ -159,17 +192,19 @@ def _record_inputs(
     module = envoy._module
     if module._forward_pre_hooks:
         # The user's pre-hooks run before the wrapper: record after them.
-        count = [0]
-        add = cache.add
+        record = cache.recorder(path, "inputs")
+        if record is None:
+            return
+        keep = record
 
-        def record(module_: Any, args: Any, kwargs: Any) -> None:
-            add(f"{path}.input.i{count[0]}", (args, kwargs))
-            count[0] += 1
+        def hook(module_: Any, args: Any, kwargs: Any) -> None:
+            keep((args, kwargs))
 
-        interleaver.hooks.append(
-            add_forward_pre_hook(module, record, with_kwargs=True, first=False)
-        )
+        interleaver.hooks.append(add_forward_pre_hook(module, hook, with_kwargs=True, first=False))
+        return
+    record = cache.recorder(path, "inputs")
+    if record is None:
         return
     wrapper = run_forward(envoy, interleaver, ancestors=not every)
-    wrapper.input_records.append(_recorder(cache.add, f"{path}.input.i"))
+    wrapper.input_records.append(record)
     wrapper._update()
