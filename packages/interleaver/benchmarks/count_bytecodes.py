@@ -27,8 +27,12 @@ from endoscope_interleaver import GreenletScheduler, Interleaver, Mediator
 PACKAGE = "endoscope_interleaver"
 
 
-def count_run(reads: int, layers: int) -> Counter[str]:
-    """Opcodes per function for one run with ``reads`` requests over ``layers`` providers."""
+def count_run(reads: int, layers: int, partner: bool = False) -> Counter[str]:
+    """Opcodes per function for one run with ``reads`` requests over ``layers`` providers.
+
+    With ``partner``, a second mediator waits for the last provider all along, so
+    values are served by the general loop for several mediators.
+    """
     counts: Counter[str] = Counter()
     paths = [f"model.layer{i}.output" for i in range(layers)]
     wanted = [f"{path}.i0" for path in paths[:reads]]
@@ -57,7 +61,15 @@ def count_run(reads: int, layers: int) -> Counter[str]:
         for name in wanted:
             request(name)
 
-    interleaver.initialize([Mediator(intervention)])
+    def waits_for_the_end() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        mediator.request(f"{paths[-1]}.i0")
+
+    mediators = [Mediator(intervention)]
+    if partner:
+        mediators.append(Mediator(waits_for_the_end))
+    interleaver.initialize(mediators)
     previous = greenlet.settrace(on_switch)
     sys.settrace(tracer)
     try:
@@ -75,10 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reads", type=int, default=12)
     parser.add_argument("--per-function", action="store_true")
+    parser.add_argument(
+        "--partner", action="store_true", help="a second live mediator (the general way)"
+    )
     args = parser.parse_args()
-    count_run(args.reads, args.reads)  # warm: pooled greenlet, memos
-    with_reads = count_run(args.reads, args.reads)
-    without = count_run(0, args.reads)
+    count_run(args.reads, args.reads, args.partner)  # warm: pooled greenlets, memos
+    with_reads = count_run(args.reads, args.reads, args.partner)
+    without = count_run(0, args.reads, args.partner)
     total = sum(with_reads.values()) - sum(without.values())
     print(f"bytecodes per read: {total / args.reads:.1f}")
     if args.per_function:

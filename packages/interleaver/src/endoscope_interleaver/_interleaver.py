@@ -453,6 +453,7 @@ class Interleaver:
         try:
             for mediator in (only,) if only is not None else tuple(self._live):
                 if mediator.waiting == provider:
+                    reads = mediator._read is not None
                     # _unwait, inlined: this loop runs once per served value.
                     mediator.waiting = mediator._read = None
                     wanted = self._wanted
@@ -468,22 +469,55 @@ class Interleaver:
                             wanted[base] = count
                         else:
                             wanted.pop(base, None)
-                    # The common case of _process, inlined: a read (not a swap or
-                    # skip) of whole values gets the value, and its next request
-                    # usually waits for a later provider.
-                    if mediator.event[0] is _VALUE and (  # type: ignore[index]
-                        mediator.batch_group is None or self.batcher is None
-                    ):
-                        event, payload = mediator.respond(self._value)
-                        if event is _VALUE and payload != provider:
-                            missed = self._wait(mediator, payload, provider, True)
-                            if missed is None:
-                                continue
-                            mediator.respond(Signal(missed))
-                            missed = None
+                    if reads:
+                        # The common case of _process, inlined: a read (not a swap
+                        # or skip) gets the value (its part of it), and its next
+                        # request usually waits for a later provider.
+                        batch_group = mediator.batch_group
+                        if batch_group is None or self.batcher is None:
+                            part = self._value
+                        else:
+                            try:
+                                part = self.batcher.narrow(self._value, batch_group)
+                            except Exception as error:
+                                part = Signal(error)  # raised at the user's line
+                        # respond(), inlined.
+                        worker: Worker = mediator._worker  # type: ignore[assignment]
+                        previous = self.current
+                        self.current = mediator
+                        try:
+                            reply = worker.resume(part)
+                        finally:
+                            self.current = previous
+                        part = None
+                        mediator.event = reply
+                        event, payload = reply
+                        if event is _VALUE:
+                            if payload != provider:
+                                # _wait, inlined for a requester still ahead.
+                                split = _SPLITS.get(payload) or _split_iteration(payload)
+                                if split is not None and not self._ended:
+                                    base, iteration = split
+                                    if (
+                                        self.calls.get(base, 0) <= iteration
+                                        and payload not in self._history
+                                    ):
+                                        mediator.waiting = mediator._read = payload
+                                        mediator.asked_at = provider
+                                        mediator._base = base
+                                        wanted[payload] = wanted.get(payload, 0) + 1
+                                        wanted[base] = wanted.get(base, 0) + 1
+                                        continue
+                                missed = self._wait(mediator, payload, provider, True)
+                                if missed is None:
+                                    continue
+                                mediator.respond(Signal(missed))
+                                missed = None
+                        elif worker.finished:
+                            mediator._worker = None
                         # They may hold the intervention's exception, whose
                         # traceback will hold this frame: no cycle.
-                        event = payload = None  # type: ignore[assignment]
+                        reply = payload = None
                     mediator._process(provider)
             value, skips = self._value, self._skips
         except EarlyStopException:
