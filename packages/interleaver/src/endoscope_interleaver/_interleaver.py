@@ -387,10 +387,17 @@ class Interleaver:
         mediator = self._solo
         if mediator is None or mediator._read != provider or self._provider is not None:
             return self._serve(provider, value, None)
-        # The common case of _serve, in this frame: the run's only live mediator
-        # reads this value whole, then asks for a later provider. It is the only
-        # one waiting, so the wanted-set holds its keys alone; and no value is
-        # being served (no provider), so there is no state to save but this one.
+        # Not inlined here: its locals would slow every call of an untouched provider.
+        return self._serve_solo(mediator, provider, value)
+
+    def _serve_solo(self, mediator: Mediator, provider: str, value: Any) -> Any:
+        """The common case of :meth:`_serve`, in one frame.
+
+        ``mediator`` is the run's only live mediator, waiting to read ``provider``'s
+        whole value; it usually asks for a later provider next. Being the only one
+        waiting, its keys are all the wanted-set holds; and no value is being
+        served (no provider), so there is no state to save but this one.
+        """
         self._provider = provider
         self._value = value
         try:
