@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -16,6 +17,9 @@ from ._nested import map_tensors
 from ._shards import DEFAULT_SHARD_SIZE, ShardWriter
 
 __all__ = ["Cache", "parse_provider"]
+
+# The output recorders write this flag as a literal.
+assert _OUTPUT == 1
 
 # Memo sizes. Heads ("<path>.<output|input>") are bounded by the model's modules and
 # operations; the limit only guards against a caller inventing endless strings.
@@ -296,18 +300,48 @@ class Cache:
             >>> cache.cache["model.fc"].output
             tensor([1., 1.])
         """
+        return self.recorders((path,), kind)[0]
+
+    def recorders(
+        self, paths: Iterable[str], kind: str = "output"
+    ) -> list[Callable[[Any], None] | None]:
+        """:meth:`recorder` for each of ``paths``, in order, made in one go.
+
+        The cheaper way to equip many modules at once (a cache of every module).
+
+        Args:
+            paths: module paths.
+            kind: ``"output"`` or ``"inputs"`` (``"input"`` is accepted too).
+
+        Returns:
+            One ``record(value)`` per path, None where the cache keeps nothing.
+
+        Raises:
+            ValueError: ``kind`` names neither the output nor the inputs.
+        """
         if kind == "output":
-            if not self.include_output or (self.modules is not None and path not in self.modules):
-                return None
             make = self._make_output
-            if make is not None:
-                return make(path)
+            if make is not None and self.modules is None and self.include_output:
+                return list(map(make, paths))
+            keep = self.include_output
         elif kind == "inputs" or kind == "input":
-            if not self.include_inputs or (self.modules is not None and path not in self.modules):
-                return None
             kind = "inputs"
+            keep = self.include_inputs
+            make = None
         else:
             raise ValueError(f"kind must be 'output' or 'inputs', not {kind!r}")
+        modules = self.modules
+        found: list[Callable[[Any], None] | None] = []
+        for path in paths:
+            if not keep or (modules is not None and path not in modules):
+                found.append(None)
+            elif make is not None:
+                found.append(make(path))
+            else:
+                found.append(self._general_recorder(path, kind))
+        return found
+
+    def _general_recorder(self, path: str, kind: str) -> Callable[[Any], None]:
         store = self._store
         calls = 0
 
@@ -320,24 +354,22 @@ class Cache:
         return record
 
     def _output_recorders(self) -> Callable[[str], Callable[[Any], None]]:
-        """``make(path)``: ``recorder(path)`` for outputs in memory, no dtype given.
+        """``make(path)``: the recorder of ``path``'s outputs kept in memory, no dtype.
 
         ``add``'s steps, inlined and bound once per cache: a tensor is detached and
         moved only when that changes it, and a module's first call makes its entry
         directly (the cache dict rebuilds its slot bookkeeping from the entry if the
-        module runs again).
+        module runs again). Later calls go through :meth:`_store`.
         """
         assert self._writer is None and self.dtype is None
         cache = self.cache
-        slot = cache._slot
         setdefault = dict.setdefault
-        new = object.__new__
+        new_entry = functools.partial(object.__new__, Entry)
+        store = self._store
         transform = self._transform
         detach = self.detach
         device = self.device
         tensor = torch.Tensor
-        entry_type = Entry
-        flag = _OUTPUT
 
         if detach and device is not None and device.type == "cpu":
             # The defaults (detach=True, device="cpu"), with the checks specialised.
@@ -347,28 +379,27 @@ class Cache:
 
                 def record(value: Any) -> None:
                     nonlocal calls
-                    if type(value) is tensor:
+                    if calls:
+                        call = calls
+                        calls = call + 1
+                        store(path, "output", call, value)
+                        return
+                    calls = 1
+                    if value.__class__ is tensor:
                         if value.requires_grad:
                             value = value.detach()
                         if not value.is_cpu:
-                            value = value.to(device)
+                            value = value.cpu()
                     else:
                         value = map_tensors(value, transform)  # type: ignore[arg-type]
-                    if calls == 0:
-                        calls = 1
-                        entry = new(entry_type)
-                        entry._output = value
-                        entry._inputs = None
-                        entry._flags = flag
-                        entry.iteration = 0
-                        if setdefault(cache, path, entry) is entry:
-                            return
-                        entry, _ = slot(path, "output", 0)
-                    else:
-                        call = calls
-                        calls = call + 1
-                        entry, _ = slot(path, "output", call)
-                    entry._set("output", value)
+                    entry = new_entry()
+                    entry._output = value
+                    entry._inputs = None
+                    entry._flags = 1  # _OUTPUT
+                    entry.iteration = 0
+                    if setdefault(cache, path, entry) is not entry:
+                        # The path has entries already (from add()): file it as add() would.
+                        store(path, "output", 0, value)
 
                 return record
 
@@ -379,25 +410,26 @@ class Cache:
 
             def record(value: Any) -> None:
                 nonlocal calls
-                if type(value) is tensor:
+                if calls:
+                    call = calls
+                    calls = call + 1
+                    store(path, "output", call, value)
+                    return
+                calls = 1
+                if value.__class__ is tensor:
                     if detach and value.requires_grad:
                         value = value.detach()
                     if device is not None and value.device != device:
                         value = value.to(device)
                 elif transform is not None:
                     value = map_tensors(value, transform)
-                call = calls
-                calls = call + 1
-                if call == 0:
-                    entry = new(entry_type)
-                    entry._output = value
-                    entry._inputs = None
-                    entry._flags = flag
-                    entry.iteration = 0
-                    if setdefault(cache, path, entry) is entry:
-                        return
-                entry, _ = slot(path, "output", call)
-                entry._set("output", value)
+                entry = new_entry()
+                entry._output = value
+                entry._inputs = None
+                entry._flags = 1  # _OUTPUT
+                entry.iteration = 0
+                if setdefault(cache, path, entry) is not entry:
+                    store(path, "output", 0, value)
 
             return record
 

@@ -11,13 +11,19 @@ call.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from endoscope_cache import Cache, CacheDict
 
 from ._envoy import Envoy
-from ._hooks import add_forward_hook, add_forward_pre_hook, lend_early, run_forward
+from ._hooks import (
+    ENVOY_WRAPPER_ATTR,
+    add_forward_hook,
+    add_forward_pre_hook,
+    lend_early,
+    run_forward,
+)
 
 if TYPE_CHECKING:
     from endoscope_interleaver import Interleaver
@@ -26,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["attach_cache"]
 
-# Where a model keeps ``(children tuple, (path, Envoy) below the root)``.
+# Where a model keeps ``(children tuple, Envoys below the root, their paths)``.
 _MODULES_ATTR = "_endoscope_cache_modules"
 
 
@@ -96,14 +102,15 @@ def attach_cache(
     ):
         # Every module's output, before the first provider: the modules are listed
         # parents before children, so each wrapper can simply be lent to the run.
-        recorder = cache.recorder
-        for path, envoy in _named_modules(model):
-            wrapper = lend_early(envoy, interleaver)
+        envoys, every = _named_modules(model)
+        # None for no path: every output is kept.
+        records = cast("list[Callable[[Any], None]]", cache.recorders(every))
+        for envoy, record in zip(envoys, records):
+            wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
+            if wrapper is None or wrapper.run.interleaver is not interleaver:
+                wrapper = lend_early(envoy, interleaver)
             if wrapper is None or envoy._module._forward_hooks:
-                _record_outputs(cache, envoy, path, interleaver, True)
-                continue
-            record = recorder(path)
-            if record is None:
+                _record_outputs(record, envoy, interleaver, True)
                 continue
             wrapper.records.append(record)
             run = wrapper.run
@@ -113,22 +120,25 @@ def attach_cache(
                 wrapper._update()
     else:
         wanted = set(paths) if paths is not None else None
-        for path, envoy in _named_modules(model):
+        for envoy, path in zip(*_named_modules(model)):
             if wanted is not None and path not in wanted:
                 continue
-            if include_output:
-                _record_outputs(cache, envoy, path, interleaver, wanted is None)
-            if include_inputs:
-                _record_inputs(cache, envoy, path, interleaver, wanted is None)
+            output = cache.recorder(path)
+            if output is not None:
+                _record_outputs(output, envoy, interleaver, wanted is None)
+            inputs = cache.recorder(path, "inputs")
+            if inputs is not None:
+                _record_inputs(inputs, envoy, interleaver, wanted is None)
     if directory is not None:
         interleaver.hooks.append(_Finish(cache))
     return cache.cache
 
 
-def _named_modules(model: Envoy) -> tuple[tuple[str, Envoy], ...]:
-    """``model.named_modules()``, with the part below the root listed once per tree.
+def _named_modules(model: Envoy) -> tuple[tuple[Envoy, ...], tuple[str, ...]]:
+    """The Envoys of ``model.named_modules()`` and their paths, with the part below
+    the root listed once per tree.
 
-    Below the root, the list is kept on the model an edited copy was made from
+    Below the root, the lists are kept on the model an edited copy was made from
     (the copies share its Envoy tree) and reused while the root's tuple of
     children is the same object: re-pointing the tree at new modules (loading
     weights) assigns a new one, even where it adds or drops Envoys. Modules are
@@ -144,10 +154,11 @@ def _named_modules(model: Envoy) -> tuple[tuple[str, Envoy], ...]:
     key = state.get("_ordered")
     memo = state.get(_MODULES_ATTR)
     if memo is None or key is None or memo[0] is not key:
-        memo = (key, tuple(model.named_modules())[1:])
+        below = model.named_modules()[1:]
+        memo = (key, tuple(envoy for _, envoy in below), tuple(path for path, _ in below))
         if key is not None:
             state[_MODULES_ATTR] = memo
-    return ((model.path, model), *memo[1])
+    return (model, *memo[1]), (model.path, *memo[2])
 
 
 class _Finish:
@@ -163,23 +174,16 @@ class _Finish:
 
 
 def _record_outputs(
-    cache: Cache, envoy: Envoy, path: str, interleaver: Interleaver, every: bool
+    record: Callable[[Any], None], envoy: Envoy, interleaver: Interleaver, every: bool
 ) -> None:
     module = envoy._module
     if module._forward_hooks:
         # The user's forward hooks run after the wrapper: record after them.
-        record = cache.recorder(path)
-        if record is None:
-            return
-        keep = record
 
         def hook(module_: Any, args: Any, output: Any) -> None:
-            keep(output)
+            record(output)
 
         interleaver.hooks.append(add_forward_hook(module, hook, first=False))
-        return
-    record = cache.recorder(path)
-    if record is None:
         return
     wrapper = run_forward(envoy, interleaver, ancestors=not every)
     wrapper.records.append(record)
@@ -187,23 +191,16 @@ def _record_outputs(
 
 
 def _record_inputs(
-    cache: Cache, envoy: Envoy, path: str, interleaver: Interleaver, every: bool
+    record: Callable[[Any], None], envoy: Envoy, interleaver: Interleaver, every: bool
 ) -> None:
     module = envoy._module
     if module._forward_pre_hooks:
         # The user's pre-hooks run before the wrapper: record after them.
-        record = cache.recorder(path, "inputs")
-        if record is None:
-            return
-        keep = record
 
         def hook(module_: Any, args: Any, kwargs: Any) -> None:
-            keep((args, kwargs))
+            record((args, kwargs))
 
         interleaver.hooks.append(add_forward_pre_hook(module, hook, with_kwargs=True, first=False))
-        return
-    record = cache.recorder(path, "inputs")
-    if record is None:
         return
     wrapper = run_forward(envoy, interleaver, ancestors=not every)
     wrapper.input_records.append(record)
