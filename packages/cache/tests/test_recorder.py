@@ -203,3 +203,36 @@ def test_recorders_do_not_touch_the_provider_memos() -> None:
     for _ in range(5):
         record(torch.ones(1))
     assert cache._heads == {} and len(_ITERATIONS) == before
+
+
+def test_readme_recorder_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"## Recording from your own hooks.*?```python\n(.*?)```", text, re.DOTALL)
+    assert example is not None
+    exec(compile(example.group(1), "README.md", "exec"), {"__name__": "readme_recorder"})
+
+
+def test_recorders_make_one_per_path_in_order() -> None:
+    paths = ["model.a", "model.b", "model.c"]
+    everything = Cache().recorders(paths)
+    assert len(everything) == 3 and all(r is not None for r in everything)
+    some = Cache(modules=["model.b"], include_inputs=True)
+    outputs = some.recorders(paths)
+    inputs = some.recorders(paths, "input")
+    assert [r is not None for r in outputs] == [False, True, False]
+    assert [r is not None for r in inputs] == [False, True, False]
+    assert Cache(include_output=False).recorders(paths) == [None, None, None]
+    with pytest.raises(ValueError, match="kind must be"):
+        some.recorders(paths, "grad")
+
+
+def test_caches_with_the_same_options_share_their_transform() -> None:
+    a, b = Cache(), Cache(device="cpu")
+    assert a._transform is b._transform and a.device == torch.device("cpu")
+    assert Cache(detach=False)._transform is not a._transform
+    renamed = Cache(rename={"transformer.h": "layers"})
+    assert renamed.cache._names.rename == {"transformer.h": "layers"}
+    assert a.cache._names.rename == {} and not a.cache._names

@@ -123,6 +123,35 @@ def _tensor_transform(
     return transform
 
 
+_DEVICES: dict[Any, torch.device] = {}
+_TRANSFORMS: dict[Any, Callable[[torch.Tensor], torch.Tensor] | None] = {}
+
+
+def _device(device: torch.device | str) -> torch.device:
+    """``torch.device(device)``, remembered per string (a Cache is made per trace)."""
+    if isinstance(device, torch.device):
+        return device
+    found = _DEVICES.get(device)
+    if found is None:
+        found = torch.device(device)
+        if len(_DEVICES) < 64:
+            _DEVICES[device] = found
+    return found
+
+
+def _shared_transform(
+    detach: bool, device: torch.device | None, dtype: torch.dtype | None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """:func:`_tensor_transform`, one per combination of options (it holds no state)."""
+    key = (detach, device, dtype)
+    found = _TRANSFORMS.get(key, _MISSING)
+    if found is _MISSING:
+        found = _tensor_transform(detach, device, dtype)
+        if len(_TRANSFORMS) < 64:
+            _TRANSFORMS[key] = found
+    return found
+
+
 class Cache:
     """Collects module inputs and outputs reported by hooks, keyed by module path.
 
@@ -174,7 +203,7 @@ class Cache:
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype, e.g. torch.float16, not {dtype!r}")
         self.modules = _module_paths(modules)
-        self.device = None if device is None else torch.device(device)
+        self.device = None if device is None else _device(device)
         self.dtype = dtype
         self.detach = bool(detach)
         self.include_output = bool(include_output)
@@ -187,11 +216,11 @@ class Cache:
         # recorder(path) for outputs, when the fast in-memory path applies.
         self._make_output: Callable[[str], Callable[[Any], None]] | None = None
         if self.directory is None:
-            self._transform = _tensor_transform(self.detach, self.device, dtype)
+            self._transform = _shared_transform(self.detach, self.device, dtype)
         else:
             # On disk every tensor is detached and copied to the host by the writer;
             # the device applies when values are read back.
-            self._transform = _tensor_transform(False, None, dtype)
+            self._transform = _shared_transform(False, None, dtype)
             self._writer = ShardWriter(
                 self.directory,
                 shard_size=shard_size,

@@ -32,6 +32,12 @@ class _Names:
     __slots__ = ("_to_alias", "_to_real", "alias", "rename")
 
     def __init__(self, rename: Mapping[str, str] | None, alias: Mapping[str, str] | None):
+        if not rename and not alias:  # the usual case, made once per cache
+            self.rename = {}
+            self.alias = {}
+            self._to_alias = []
+            self._to_real = []
+            return
         self.rename = {_strip(k): _strip(v) for k, v in (rename or {}).items()}
         self.alias = {_strip(k): _strip(v) for k, v in (alias or {}).items()}
         pairs = dict(self.rename)
