@@ -266,8 +266,11 @@ class _Forward:
         self.run.general = None
         self.inputs = self.skippable = self.route = False
         self.skips = None
-        self.records = []
-        self.input_records = []
+        # Cleared in place (nothing else holds them): no new lists per run.
+        if self.records:
+            self.records.clear()
+        if self.input_records:
+            self.input_records.clear()
 
 
 def _build(run: _Run, original: Any, provider: str) -> Callable[..., Any]:
