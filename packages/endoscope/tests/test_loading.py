@@ -259,3 +259,45 @@ def test_a_call_site_read_before_rebinding_reads_the_new_modules(gpt2, tokenizer
             parameter.mul_(0.5)
     rebind(model, replacement)
     assert torch.equal(read_block(), block_output(replacement, tokenizer, 1)[0])
+
+
+def test_cache_of_every_module_follows_rebinding(gpt2, tokenizer):
+    # tracer.cache() remembers the model's module list; Envoys pointed at a new
+    # tree (another kind of module where the old one had a Conv1D) must be listed
+    # anew, and every value must come from the new modules.
+    import copy
+
+    from endoscope import NNsight
+    from endoscope._rebinding import rebind
+
+    model = NNsight(gpt2)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with model.trace(ids) as tracer:
+        tracer.cache()
+    replacement = copy.deepcopy(gpt2)
+    old = replacement.transformer.h[0].mlp.c_proj
+    linear = torch.nn.Linear(old.weight.shape[0], old.weight.shape[1])
+    with torch.no_grad():
+        linear.weight.copy_(old.weight.T)
+        linear.bias.copy_(old.bias)
+    replacement.transformer.h[0].mlp.c_proj = linear
+    rebind(model, replacement)
+    seen = {}
+    handles = [
+        module.register_forward_hook(lambda m, a, out, name=name: seen.setdefault(name, out))
+        for name, module in replacement.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            replacement(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for _ in range(2):
+        with model.trace(ids) as tracer:
+            cache = tracer.cache()
+        assert torch.equal(
+            cache["model.transformer.h.0.mlp.c_proj"].output, seen["transformer.h.0.mlp.c_proj"]
+        )
+        assert torch.equal(cache["model.transformer.h.1.mlp"].output, seen["transformer.h.1.mlp"])
+        assert type(model.transformer.h[0].mlp.c_proj._module) is torch.nn.Linear

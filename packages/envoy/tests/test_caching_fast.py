@@ -208,25 +208,3 @@ def no_leftovers(model_and_net):
     gc.collect()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
     assert all("forward" not in m.__dict__ for m in net.modules())
-
-
-def test_module_list_follows_a_rebound_tree(model_and_net) -> None:
-    rebinding = pytest.importorskip("endoscope._rebinding")
-    model, net = model_and_net
-    x = torch.randn(2, 4)
-    with model.trace(x) as tracer:
-        tracer.cache()
-    torch.manual_seed(3)
-    other = Model()
-    other.layers[1] = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
-    other.layers[1].forward = lambda h, inner=other.layers[1]: (  # type: ignore[method-assign]
-        torch.nn.Sequential.forward(inner, h),
-        None,
-    )
-    rebinding.rebind(model, other)
-    outputs, _ = _plain(other, x)
-    for _ in range(2):
-        with model.trace(x) as tracer:
-            cache = tracer.cache()
-        _check(cache, outputs)
-    assert "model.layers.1.0" in cache and "model.layers.1.inner" not in cache
