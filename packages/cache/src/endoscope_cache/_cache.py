@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -385,84 +384,44 @@ class Cache:
     def _output_recorders(self) -> Callable[[str], Callable[[Any], None]]:
         """``make(path)``: the recorder of ``path``'s outputs kept in memory, no dtype.
 
-        ``add``'s steps, inlined and bound once per cache: a tensor is detached and
-        moved only when that changes it, and a module's first call makes its entry
-        directly (the cache dict rebuilds its slot bookkeeping from the entry if the
-        module runs again). Later calls go through :meth:`_store`.
+        ``add``'s steps, bound once per cache: a module's first call is transformed
+        (detach and move only when that changes it) and makes its entry directly (the
+        cache dict rebuilds its slot bookkeeping from the entry if the module runs
+        again). Later calls go through :meth:`_store`.
         """
         assert self._writer is None and self.dtype is None
         cache = self.cache
         setdefault = dict.setdefault
-        new_entry = functools.partial(object.__new__, Entry)
+        empty = Entry._empty
         store = self._store
         transform = self._transform
-        detach = self.detach
-        device = self.device
         tensor = torch.Tensor
 
-        if detach and device is not None and device.type == "cpu":
-            # The defaults (detach=True, device="cpu"), with the checks specialised.
-
-            def make(path: str) -> Callable[[Any], None]:
-                calls = 0
-
-                def record(value: Any) -> None:
-                    nonlocal calls
-                    if calls:
-                        call = calls
-                        calls = call + 1
-                        store(path, "output", call, value)
-                        return
-                    calls = 1
-                    if value.__class__ is tensor:
-                        if value.requires_grad:
-                            value = value.detach()
-                        if not value.is_cpu:
-                            value = value.cpu()
-                    else:
-                        value = map_tensors(value, transform)  # type: ignore[arg-type]
-                    entry = new_entry()
-                    entry._output = value
-                    entry._inputs = None
-                    entry._flags = 1  # _OUTPUT
-                    entry.iteration = 0
-                    if setdefault(cache, path, entry) is not entry:
-                        # The path has entries already (from add()): file it as add() would.
-                        store(path, "output", 0, value)
-
-                return record
-
-            return make
-
-        def make_any(path: str) -> Callable[[Any], None]:
+        def make(path: str) -> Callable[[Any], None]:
             calls = 0
 
             def record(value: Any) -> None:
                 nonlocal calls
-                if calls:
-                    call = calls
-                    calls = call + 1
+                call = calls
+                calls = call + 1
+                if call:
                     store(path, "output", call, value)
                     return
-                calls = 1
-                if value.__class__ is tensor:
-                    if detach and value.requires_grad:
-                        value = value.detach()
-                    if device is not None and value.device != device:
-                        value = value.to(device)
-                elif transform is not None:
-                    value = map_tensors(value, transform)
-                entry = new_entry()
-                entry._output = value
-                entry._inputs = None
-                entry._flags = 1  # _OUTPUT
-                entry.iteration = 0
+                if transform is not None:
+                    value = (
+                        transform(value)
+                        if value.__class__ is tensor
+                        else map_tensors(value, transform)
+                    )
+                entry = empty(0)
+                entry._set("output", value)
                 if setdefault(cache, path, entry) is not entry:
+                    # The path has entries already (from add()): file it as add() would.
                     store(path, "output", 0, value)
 
             return record
 
-        return make_any
+        return make
 
     def flush(self) -> None:
         """With ``directory``: write buffered tensors and update the manifest now."""
