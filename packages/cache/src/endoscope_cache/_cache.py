@@ -414,7 +414,8 @@ class Cache:
                         else map_tensors(value, transform)
                     )
                 entry = empty(0)
-                entry._set("output", value)
+                entry._output = value  # _set("output", value), inlined
+                entry._flags = _OUTPUT
                 if setdefault(cache, path, entry) is not entry:
                     # The path has entries already (from add()): file it as add() would.
                     store(path, "output", 0, value)
