@@ -467,20 +467,8 @@ class _Lease:
 
     def remove(self) -> None:
         wrappers, self.wrappers = self.wrappers, []
-        # _Forward.remove, inlined.
         for wrapper in wrappers:
-            run = wrapper.run
-            if run.interleaver is None:
-                continue
-            run.interleaver = None
-            state = wrapper.state
-            if state.get("forward") is wrapper.forward:
-                if wrapper.had_instance:
-                    state["forward"] = wrapper.original
-                else:
-                    del state["forward"]
-            if run.general is not None:
-                wrapper._forget_extras()
+            wrapper.remove()
 
 
 def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:

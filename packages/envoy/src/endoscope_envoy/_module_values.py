@@ -74,59 +74,57 @@ class ModuleValue(eproperty):
         interleaver.requests += 1
         return mediator
 
+    def _first_call(self, envoy: Envoy) -> tuple[EnvoyInterleaver, Mediator, str] | None:
+        """The common case, checked in one frame: the output of the module's first
+        call, its wrapper already lent to the running trace, no processing steps.
+
+        Returns:
+            ``(interleaver, mediator, "<path>.output.i0")``, else ``None``.
+        """
+        root = envoy._root_ref()
+        interleaver = root._interleaver if root is not None else None
+        if type(interleaver) is not EnvoyInterleaver or not self._serves_output:
+            return None
+        mediator = interleaver.current
+        state = envoy.__dict__
+        wrapper = state.get(ENVOY_WRAPPER_ATTR)
+        first = state.get(self._first_attr)
+        if (
+            mediator is None
+            or wrapper is None
+            or wrapper.run.interleaver is not interleaver
+            or first is None
+            or mediator.iteration is not None
+            or mediator.iteration_tracker
+            or self._preprocess is not None
+            or self._transform is not None
+            or self._postprocess is not None
+        ):
+            return None
+        return interleaver, mediator, first
+
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        # _fast and _requester, inlined for the common case: a module's output
-        # read at its first call, the wrapper already lent to this run.
-        root = obj._root_ref()
-        interleaver = root._interleaver if root is not None else None
-        if type(interleaver) is EnvoyInterleaver and self._serves_output:
-            mediator = interleaver.current
-            state = obj.__dict__
-            wrapper = state.get(ENVOY_WRAPPER_ATTR)
-            first = state.get(self._first_attr)
-            if (
-                mediator is not None
-                and wrapper is not None
-                and wrapper.run.interleaver is interleaver
-                and first is not None
-                and mediator.iteration is None
-                and not mediator.iteration_tracker
-                and self._preprocess is None
-                and self._transform is None
-            ):
-                interleaver.requests += 1
-                return mediator.request(first)
-        mediator = self._fast(obj)
-        if mediator is None:
+        common = self._first_call(obj)
+        if common is not None:
+            interleaver, mediator, first = common
+            interleaver.requests += 1
+            return mediator.request(first)
+        running = self._fast(obj)
+        if running is None:
             return super().__get__(obj, objtype)
-        return mediator.request(self._requester(obj, mediator))
+        return running.request(self._requester(obj, running))
 
     def __set__(self, obj: Any, value: Any) -> None:
-        # As in __get__: the common case inlined (a replacement of the output of
-        # a module's first call, its wrapper lent to this run).
-        root = obj._root_ref()
-        interleaver = root._interleaver if root is not None else None
-        if type(interleaver) is EnvoyInterleaver and self._serves_output:
-            mediator = interleaver.current
-            state = obj.__dict__
-            wrapper = state.get(ENVOY_WRAPPER_ATTR)
-            first = state.get(self._first_attr)
-            if (
-                mediator is not None
-                and wrapper is not None
-                and wrapper.run.interleaver is interleaver
-                and first is not None
-                and mediator.iteration is None
-                and not mediator.iteration_tracker
-                and self._postprocess is None
-            ):
-                interleaver.requests += 1
-                mediator.swap(first, value)
-                return
-        mediator = self._fast(obj) if self._postprocess is None else None
-        if mediator is None:
+        common = self._first_call(obj)
+        if common is not None:
+            interleaver, mediator, first = common
+            interleaver.requests += 1
+            mediator.swap(first, value)
+            return
+        running = self._fast(obj) if self._postprocess is None else None
+        if running is None:
             super().__set__(obj, value)
             return
-        mediator.swap(self._requester(obj, mediator), value)
+        running.swap(self._requester(obj, running), value)
