@@ -326,3 +326,29 @@ def test_fast_path_leaves_no_reference_cycle(scheduler: Scheduler, ending: str) 
         assert ref() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_swapping_the_value_being_read_takes_no_round_trip(
+    scheduler: Scheduler, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``x.output = f(x.output)`` replaces the value in place while it is served:
+    the swap sends no event to the model side (every replacement used to cost a
+    round trip there and back). A swap of a later value still sends one."""
+    sent: list[Any] = []
+    send = Mediator.send
+
+    def counting_send(self: Mediator, event: Any, payload: Any = None) -> Any:
+        sent.append(payload[0] if isinstance(payload, tuple) else payload)
+        return send(self, event, payload)
+
+    monkeypatch.setattr(Mediator, "send", counting_send)
+
+    def swaps(m: Mediator, seen: list[Any]) -> None:
+        m.swap("layer0.output.i0", m.request("layer0.output.i0") * 10)
+        m.swap("layer2.output.i0", 70)  # not served yet: waits for it
+
+    result, _ = outcome(scheduler, way, swaps)
+    assert result == ("returned", 70)
+    assert "layer0.output.i0" not in sent
+    assert "layer2.output.i0" in sent

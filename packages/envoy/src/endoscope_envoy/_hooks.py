@@ -167,6 +167,7 @@ class _Forward:
         "__weakref__",
         "class_forward",
         "envoy",
+        "first",
         "forward",
         "had_instance",
         "input_provider",
@@ -189,6 +190,7 @@ class _Forward:
         # Weak: the Envoy holds this wrapper (for the warm-up memo of run_warm).
         self.envoy = weakref.ref(envoy) if envoy is not None else None
         self.provider = f"{path}.output"
+        self.first = f"{path}.output.i0"  # the requester of its first call's output
         self.input_provider = f"{path}.input"
         self.run = _Run()
         self.inputs = False

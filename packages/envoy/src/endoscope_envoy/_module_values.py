@@ -4,15 +4,18 @@ Every read of a module value inside a trace runs this code, on the intervention'
 side, between two switches to the model. :class:`eproperty` does it generically
 (a stub call to hook the provider, the requester string built from ``path`` and
 ``key``, the interleaver's ``iterate_requester``); a module value needs less:
-the wrapper check is inlined, the requester's base and its first call
-(``<path>.output.i0``) are kept on the Envoy, and the run's request counter is
-bumped here. Whatever the fast path does not cover (no trace running, no
+the wrapper check is inlined, the first call's requester (``<path>.output.i0``)
+comes from the module's wrapper, later calls' are kept on the Envoy, a swap of
+the value being read replaces it in place, and the run's request counter is
+bumped here. Processing steps (``preprocess``/``postprocess``/``transform``)
+switch the common case off as they are registered. Whatever the fast path does not cover (no trace running, no
 intervention current, another interleaver type, preprocess/transform steps of a
 subclass) goes through :class:`eproperty` unchanged, errors included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import eproperty
@@ -41,6 +44,28 @@ class ModuleValue(eproperty):
         # Per Envoy, in its __dict__: "<path>.<key>" and "<path>.<key>.i0".
         self._base_attr = f"_endoscope_{key}_base"
         self._first_attr = f"_endoscope_{key}_i0"
+        # Whether the common case may apply at all: an output, no processing steps.
+        self._plain = self._serves_output
+
+    def _steps_changed(self) -> None:
+        self._plain = self._serves_output and (
+            self._preprocess is None and self._transform is None and self._postprocess is None
+        )
+
+    def preprocess(self, fn: Callable[[Any, Any], Any]) -> eproperty:
+        super().preprocess(fn)
+        self._steps_changed()
+        return self
+
+    def postprocess(self, fn: Callable[[Any, Any], Any]) -> eproperty:
+        super().postprocess(fn)
+        self._steps_changed()
+        return self
+
+    def transform(self, fn: Callable[[Any], Any]) -> eproperty:
+        super().transform(fn)
+        self._steps_changed()
+        return self
 
     def _requester(self, envoy: Envoy, mediator: Mediator) -> str:
         state = envoy.__dict__
@@ -74,43 +99,41 @@ class ModuleValue(eproperty):
         interleaver.requests += 1
         return mediator
 
-    def _first_call(self, envoy: Envoy) -> tuple[EnvoyInterleaver, Mediator, str] | None:
+    def _first_call(self, envoy: Envoy) -> tuple[Mediator, str] | None:
         """The common case, checked in one frame: the output of the module's first
         call, its wrapper already lent to the running trace, no processing steps.
+        Counts the request when it applies.
 
         Returns:
-            ``(interleaver, mediator, "<path>.output.i0")``, else ``None``.
+            ``(mediator, "<path>.output.i0")``, else ``None``.
         """
-        root = envoy._root_ref()
-        interleaver = root._interleaver if root is not None else None
-        if type(interleaver) is not EnvoyInterleaver or not self._serves_output:
+        wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
+        if wrapper is None or not self._plain:
             return None
+        interleaver = wrapper.run.interleaver
+        # Lent to a run: it must be the run of this Envoy's tree (not an outer
+        # trace's, when a trace of this model runs inside an intervention).
+        if interleaver is None or type(interleaver) is not EnvoyInterleaver:
+            return None
+        root = envoy._root_ref()
         mediator = interleaver.current
-        state = envoy.__dict__
-        wrapper = state.get(ENVOY_WRAPPER_ATTR)
-        first = state.get(self._first_attr)
         if (
-            mediator is None
-            or wrapper is None
-            or wrapper.run.interleaver is not interleaver
-            or first is None
+            root is None
+            or root._interleaver is not interleaver
+            or mediator is None
             or mediator.iteration is not None
             or mediator.iteration_tracker
-            or self._preprocess is not None
-            or self._transform is not None
-            or self._postprocess is not None
         ):
             return None
-        return interleaver, mediator, first
+        interleaver.requests += 1
+        return mediator, wrapper.first
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
         common = self._first_call(obj)
         if common is not None:
-            interleaver, mediator, first = common
-            interleaver.requests += 1
-            return mediator.request(first)
+            return common[0].request(common[1])
         running = self._fast(obj)
         if running is None:
             return super().__get__(obj, objtype)
@@ -119,9 +142,7 @@ class ModuleValue(eproperty):
     def __set__(self, obj: Any, value: Any) -> None:
         common = self._first_call(obj)
         if common is not None:
-            interleaver, mediator, first = common
-            interleaver.requests += 1
-            mediator.swap(first, value)
+            common[0].swap(common[1], value)
             return
         running = self._fast(obj) if self._postprocess is None else None
         if running is None:

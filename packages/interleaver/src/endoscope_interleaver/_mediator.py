@@ -285,6 +285,17 @@ class Mediator:
 
     def swap(self, requester: str, value: Any) -> None:
         """Replace the value of ``requester`` when it is provided (worker side)."""
+        interleaver = self.interleaver
+        if (
+            not self._detour
+            and interleaver is not None
+            and interleaver.current is self
+            and requester == interleaver._provider
+        ):
+            # The common case of _send: the value being served is replaced in
+            # place, with no round trip (every ``x.output = ...`` runs it).
+            interleaver._swap(self, value)
+            return
         self.send(_SWAP, (requester, value))
 
     def skip(self, requester: str, value: Any) -> None:
