@@ -186,3 +186,22 @@ def test_backward_call_site_memo_does_not_keep_code_alive() -> None:
     del code
     gc.collect()
     assert ref() is None
+
+
+def test_an_error_in_a_backward_block_shows_only_the_users_frames(mlp, xs) -> None:
+    import traceback
+
+    model = NNsight(mlp)
+    with pytest.raises(KeyError) as caught:
+        with model.trace(xs):
+            hidden = model[2].output
+            loss = (model.output**2).sum()
+            with loss.backward():
+                hidden.grad.save()
+                raise KeyError("mine")
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert [f.line for f in frames] == [
+        "with model.trace(xs):",
+        "with loss.backward():",
+        'raise KeyError("mine")',
+    ]

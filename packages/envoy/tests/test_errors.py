@@ -71,6 +71,32 @@ def test_exception_in_the_block_keeps_its_type_and_line(net, x, no_leftovers) ->
     assert not [f for f in frames if "endoscope_" in f.filename]
 
 
+def test_exception_in_the_block_shows_only_the_users_frames(net, x, no_leftovers) -> None:
+    """Raised while the model is paused deep inside its forward (in layers[1].fc),
+    the error passes back out through every module call on the way; those frames
+    are not the user's and are left out."""
+    model = NNsight(net)
+    with pytest.raises(KeyError) as caught:
+        with model.trace(x):
+            model.layers[1].fc.output.save()
+            raise KeyError("mine")
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert [f.line for f in frames] == ["with model.trace(x):", 'raise KeyError("mine")']
+    assert {f.filename for f in frames} == {__file__}
+
+
+def test_an_error_of_the_model_keeps_the_models_frames(x, no_leftovers) -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, v):
+            raise RuntimeError("model failed")
+
+    model = NNsight(torch.nn.Sequential(torch.nn.Identity(), Broken()))
+    with pytest.raises(RuntimeError) as caught:
+        with model.trace(x):
+            model[0].output.save()
+    assert traceback.extract_tb(caught.value.__traceback__)[-1].name == "forward"
+
+
 def test_exception_in_an_invoke(net, x, no_leftovers) -> None:
     model = NNsight(net)
     with pytest.raises(ZeroDivisionError) as caught:

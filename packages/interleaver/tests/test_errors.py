@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import pytest
 
 from endoscope_interleaver import (
     Cancelation,
     EarlyStopException,
+    Interleaver,
+    Mediator,
     MissedProviderError,
     OutOfOrderError,
+    Scheduler,
     SkipException,
+    intervention_traceback,
 )
 from endoscope_interleaver._errors import LIBRARY_MODULES, describe_frame, user_frame
 
@@ -82,3 +87,52 @@ def test_skip_exception_values() -> None:
     assert str(skip) == "skipped by 2 intervention(s)"
     with pytest.raises(SkipException):
         raise skip
+
+
+def _computation(interleaver: Interleaver, depth: int) -> int:
+    """A computation whose one provider is ``depth`` calls deep."""
+    if depth == 0:
+        return interleaver.handle("point", 1, iterate=True)
+    return _computation(interleaver, depth - 1) + 1
+
+
+def test_intervention_traceback_leaves_out_the_computations_frames(
+    scheduler: Scheduler,
+) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+
+    def intervention() -> None:
+        assert interleaver.current is not None
+        interleaver.current.request("point.i0")
+        raise KeyError("from the intervention")
+
+    interleaver.initialize([Mediator(intervention)])
+    with pytest.raises(KeyError) as caught:
+        with interleaver:
+            _computation(interleaver, 3)
+    error = caught.value
+    names = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    assert names.count("_computation") == 4  # it went out through the computation
+    origin = intervention_traceback(error)
+    assert origin is not None
+    names = [frame.name for frame in traceback.extract_tb(origin)]
+    assert "_computation" not in names
+    assert names[-1] == "intervention"
+    assert intervention_traceback(error) is None  # read once
+
+
+def test_an_error_of_the_computation_has_no_intervention_traceback(
+    scheduler: Scheduler,
+) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+
+    def intervention() -> None:
+        assert interleaver.current is not None
+        interleaver.current.request("point.i0")
+
+    interleaver.initialize([Mediator(intervention)])
+    with pytest.raises(ZeroDivisionError) as caught:
+        with interleaver:
+            _computation(interleaver, 2)
+            1 / 0
+    assert intervention_traceback(caught.value) is None

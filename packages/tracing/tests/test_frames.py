@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from endoscope_tracing import Tracer, register_internal_package, save, write_locals
+from endoscope_tracing import (
+    Tracer,
+    register_internal_module,
+    register_internal_package,
+    save,
+    write_locals,
+)
 from endoscope_tracing._frames import is_internal_frame, user_frame
 
 
@@ -112,6 +118,21 @@ def test_internal_frames_are_skipped_when_finding_the_user() -> None:
     register_internal_package("fake_internal_pkg")
     assert is_internal_frame(frame)
     assert user_frame(frame) is not frame
+
+
+def test_an_internal_module_is_internal_alone() -> None:
+    frames = {}
+    for name in ("mixed_pkg.engine", "mixed_pkg.jobs", "mixed_pkg.engine.sub", "mixed_pkg"):
+        namespace: dict[str, Any] = {"__name__": name}
+        exec("import sys\ndef grab():\n    return sys._getframe()", namespace)
+        frames[name] = namespace["grab"]()
+    register_internal_module("mixed_pkg.engine")
+    assert {name: is_internal_frame(frame) for name, frame in frames.items()} == {
+        "mixed_pkg.engine": True,
+        "mixed_pkg.jobs": False,  # a sibling that opens traces stays the user's
+        "mixed_pkg.engine.sub": False,
+        "mixed_pkg": False,
+    }
 
 
 def test_subclass_enter_in_an_internal_package_captures_the_user_frame() -> None:

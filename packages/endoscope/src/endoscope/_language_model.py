@@ -15,7 +15,14 @@ from typing import Any, cast
 import torch
 from transformers import AutoModelForCausalLM
 
-from endoscope_envoy import Envoy, InterleavingTracer, NNsight, ScanTracer, batch_inputs
+from endoscope_envoy import (
+    Envoy,
+    InterleavingTracer,
+    NNsight,
+    ScanTracer,
+    batch_inputs,
+    register_internal_module,
+)
 
 from ._inputs import encode_input, pad_invokes, split_input_kwargs, with_positions
 from ._loading import (
@@ -28,6 +35,12 @@ from ._loading import (
 from ._rebinding import rebind
 
 __all__ = ["LanguageModel"]
+
+# The frames of LanguageModel and of the modules it runs during a trace are
+# endoscope's own: hidden from tracebacks, never taken for the user's line. Not
+# the whole package: _main_job opens traces as a user does.
+for _module in ("_decorators", "_inputs", "_language_model", "_loading", "_rebinding"):
+    register_internal_module(f"{__package__}.{_module}")
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 

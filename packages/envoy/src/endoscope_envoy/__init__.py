@@ -6,7 +6,11 @@ from endoscope_interleaver import (
     OutOfOrderError,
     eproperty,
 )
-from endoscope_tracing import WithBlockNotFoundError, register_internal_package
+from endoscope_tracing import (
+    WithBlockNotFoundError,
+    register_internal_module,
+    register_internal_package,
+)
 
 from ._backward import BackwardTracer, mount_backward, unmount_backward
 from ._batching import BatchingError, TorchBatcher, batch_inputs
@@ -49,6 +53,8 @@ __all__ = [
     "eproperty",
     "mount_backward",
     "mount_save",
+    "register_internal_module",
+    "register_internal_package",
     "requires_inputs",
     "requires_output",
     "save",

@@ -32,6 +32,8 @@ import torch
 from endoscope_interleaver import Interleaver, Mediator, MissedProviderError
 from endoscope_tracing import Tracer
 
+from ._tracebacks import drop_computation_frames
+
 if TYPE_CHECKING:
     from ._nnsight import NNsight
 
@@ -202,6 +204,10 @@ class BackwardTracer(Tracer):
         try:
             with self.interleaver:
                 _ORIGINAL_BACKWARD(self.tensor, *self.args, **self.kwargs)
+        except BaseException as error:
+            if drop_computation_frames(error):
+                raise error  # with its new traceback
+            raise
         finally:
             _running_backwards.remove(self)
             if not _running_backwards:

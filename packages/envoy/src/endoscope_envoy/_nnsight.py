@@ -9,7 +9,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from endoscope_interleaver import GreenletScheduler, Interleaver, Scheduler, ThreadScheduler
+from endoscope_interleaver import (
+    GreenletScheduler,
+    Interleaver,
+    Scheduler,
+    ThreadScheduler,
+)
 
 from ._backward import _backward as backward_entry
 from ._backward import running_models
@@ -19,6 +24,7 @@ from ._envoy import Envoy
 from ._hooks import lend_warm, lent_wrappers
 from ._interleaving import PointOrder, counting_forwards, recording_point_order
 from ._session import EditTracer, Session
+from ._tracebacks import drop_computation_frames
 from ._tracer import InterleavingTracer
 
 __all__ = ["NNsight"]
@@ -237,6 +243,10 @@ class NNsight(Envoy):
                 output = tracer._provide_result(output)
                 if site is not None and interleaver.lent_late:
                     self._remember_lent(site, warm, interleaver)
+        except BaseException as error:
+            if drop_computation_frames(error):
+                raise error  # with its new traceback
+            raise
         finally:
             interleaver.lent_late.clear()
             running_models.remove(self)

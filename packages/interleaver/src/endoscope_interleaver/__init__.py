@@ -7,6 +7,7 @@ from ._errors import (
     MissedProviderError,
     OutOfOrderError,
     SkipException,
+    intervention_traceback,
 )
 from ._events import Events
 from ._greenlet import GreenletScheduler, greenlet_available, idle_greenlets
@@ -37,4 +38,5 @@ __all__ = [
     "eproperty",
     "greenlet_available",
     "idle_greenlets",
+    "intervention_traceback",
 ]

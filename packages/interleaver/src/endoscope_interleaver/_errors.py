@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import linecache
 import sys
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "OutOfOrderError",
     "SkipException",
     "describe_frame",
+    "intervention_traceback",
+    "note_intervention_traceback",
     "user_frame",
 ]
 
@@ -144,3 +146,49 @@ class SkipException(Exception):
 
 class Cancelation(Exception):
     """Raised inside a worker whose pending request was canceled (teardown, error, stop)."""
+
+
+# Where an intervention's exception keeps the traceback it left the intervention
+# with: re-raised on the model side, it gains the computation's frames on its way
+# out (every module call between the run's start and the point served), which a
+# user reading the error rarely wants.
+_INTERVENTION_TRACEBACK = "__endoscope_intervention_traceback__"
+
+
+def note_intervention_traceback(error: BaseException) -> None:
+    """Record ``error``'s traceback as the one it left its intervention with.
+
+    Called by the model side just before it re-raises an intervention's error.
+    The recorded chain is the tail of the error's own chain from then on, so it
+    keeps nothing alive that the error does not.
+    """
+    try:
+        setattr(error, _INTERVENTION_TRACEBACK, error.__traceback__)
+    except (AttributeError, TypeError):  # an exception type without a __dict__
+        pass
+
+
+def intervention_traceback(error: BaseException) -> TracebackType | None:
+    """The traceback ``error`` had when it left the intervention that raised it.
+
+    ``None`` when ``error`` did not come out of an intervention. Read once: the
+    record is dropped, so an error raised again later is not mistaken for one.
+
+    Example:
+        A tool built on the interleaver that wants errors to show only the
+        intervention's frames::
+
+            try:
+                with interleaver:
+                    model(x)
+            except BaseException as error:
+                origin = intervention_traceback(error)
+                if origin is None:
+                    raise
+                raise error.with_traceback(origin)
+    """
+    state = getattr(error, "__dict__", None)
+    if not state:
+        return None
+    traceback: TracebackType | None = state.pop(_INTERVENTION_TRACEBACK, None)
+    return traceback

@@ -22,6 +22,7 @@ from ._errors import (
     Cancelation,
     EarlyStopException,
     MissedProviderError,
+    note_intervention_traceback,
     user_frame,
 )
 from ._events import Events, Signal
@@ -478,6 +479,7 @@ class Mediator:
             else:  # EXCEPTION
                 interleaver._finish(self)
                 self.event = None
+                note_intervention_traceback(payload)
                 try:
                     raise payload
                 finally:

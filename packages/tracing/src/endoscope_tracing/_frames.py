@@ -23,8 +23,10 @@ from typing import Any
 from ._errors import ExitTracingException
 
 __all__ = [
+    "INTERNAL_MODULES",
     "INTERNAL_PACKAGES",
     "is_internal_frame",
+    "register_internal_module",
     "register_internal_package",
     "skip_body",
     "user_frame",
@@ -49,10 +51,30 @@ def register_internal_package(name: str) -> None:
     INTERNAL_PACKAGES.add(name.partition(".")[0])
 
 
+# Single modules whose frames count as endoscope's own, for a package that also
+# holds code running traces of its own (whose frames must stay "the user's").
+INTERNAL_MODULES: set[str] = set()
+
+
+def register_internal_module(name: str) -> None:
+    """Mark one module's frames as internal (not its submodules, not its package).
+
+    For a package that cannot be internal as a whole because some of its modules
+    open traces as a user would (a demo job, say): its other modules register
+    one by one.
+
+    Args:
+        name: the module's ``__name__``, e.g. ``"endoscope._language_model"``.
+    """
+    INTERNAL_MODULES.add(name)
+
+
 def is_internal_frame(frame: FrameType) -> bool:
-    """Whether ``frame`` runs code of a registered internal package."""
+    """Whether ``frame`` runs code of a registered internal package or module."""
     module = frame.f_globals.get("__name__")
-    return isinstance(module, str) and module.partition(".")[0] in INTERNAL_PACKAGES
+    return isinstance(module, str) and (
+        module.partition(".")[0] in INTERNAL_PACKAGES or module in INTERNAL_MODULES
+    )
 
 
 def user_frame(frame: FrameType | None) -> FrameType:
