@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from endoscope_envoy import NNsight
+from endoscope_envoy import NNsight, save
 
 
 def scale(v: torch.Tensor) -> torch.Tensor:
@@ -118,3 +118,89 @@ def no_leftovers_attention(attention):
     assert "forward" not in attention.__dict__
     accessor = attention.__dict__.get("__source_accessor__")
     assert accessor is None or not accessor.active
+
+
+# ------------------------------------------------------- reads in the wrong order
+
+
+def test_an_operation_of_a_module_the_model_left_is_out_of_order(net, x, no_leftovers) -> None:
+    from endoscope_envoy import OutOfOrderError
+
+    model = NNsight(net)
+    with model.trace(x):  # the first trace learns the module order
+        model.output.save()
+    with pytest.raises(OutOfOrderError) as caught:
+        with model.trace(x):
+            model.layers[1].output.save()
+            model.layers[0].source.self_fc_0.output.save()
+    assert "model.layers.0.source.self_fc_0.output.i0" in str(caught.value)
+    assert "line" in str(caught.value) and "self_fc_0.output.save()" in str(caught.value)
+
+
+def test_operations_of_one_forward_read_out_of_order(net, x, no_leftovers) -> None:
+    from endoscope_envoy import OutOfOrderError
+
+    model = NNsight(net)
+    with pytest.raises(OutOfOrderError) as caught:
+        with model.trace(x):
+            model.layers[0].source.self_act_0.output.save()
+            model.layers[0].source.self_fc_0.output.save()
+    assert "it is now at model.layers.0.source.self_act_0.output.i0" in str(caught.value)
+
+
+class Shared(torch.nn.Module):
+    """One block called twice in a forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+        self.inner = Branchy()
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.inner(v))
+
+
+class Branchy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, v: torch.Tensor, negate: bool = False) -> torch.Tensor:
+        h = self.fc(v)
+        if negate:
+            h = torch.neg(h)
+        return self.act(h)
+
+
+def test_a_later_call_is_never_served_as_an_earlier_one() -> None:
+    """Reading the first call's fc after its act already ran is a mistake; it
+    used to wait for the second call's fc and serve it as the first's."""
+    from endoscope_envoy import OutOfOrderError
+
+    torch.manual_seed(0)
+    model = NNsight(Shared())
+    with pytest.raises(OutOfOrderError):
+        with model.trace(torch.randn(2, 4)):
+            model.inner.source.self_act_0.output.save()
+            model.inner.source.self_fc_0.output.save()
+    v = torch.randn(2, 4)
+    with model.trace(v) as tracer:  # in order, both calls: fine
+        fcs = []
+        for _ in tracer.iter[0:2]:
+            fcs.append(model.inner.source.self_fc_0.output)
+        first, second = save(fcs[0]), save(fcs[1])
+    inner = model._module.inner
+    assert torch.equal(first, inner.fc(v))
+    assert torch.equal(second, inner.fc(inner(v)))
+
+
+def test_an_operation_that_does_not_run_is_missed_not_out_of_order() -> None:
+    from endoscope_envoy import MissedProviderError, OutOfOrderError
+
+    torch.manual_seed(0)
+    model = NNsight(Branchy())
+    with pytest.raises(MissedProviderError) as caught:
+        with model.trace(torch.randn(2, 4)):
+            model.source.torch_neg_0.output.save()
+    assert not isinstance(caught.value, OutOfOrderError)

@@ -36,6 +36,20 @@ if TYPE_CHECKING:
 __all__ = ["EnvoyInterleaver", "PointOrder", "counting_forwards", "recording_point_order"]
 
 
+def _position(order: dict[str, int], point: str | None) -> int | None:
+    """Where ``point`` is in a learned order. The order has module points only: an
+    operation of a module's forward (``<module>.source.<op>...``) is placed at its
+    module's input, the start of the call it runs in."""
+    if point is None:
+        return None
+    position = order.get(point)
+    if position is None:
+        module, sep, _ = point.partition(".source.")
+        if sep:
+            position = order.get(f"{module}.input")
+    return position
+
+
 def _base(requester: str | None) -> str | None:
     if requester is None:
         return None
@@ -95,8 +109,18 @@ class EnvoyInterleaver(Interleaver):
         # The order is of each point's first call: it says nothing about later calls.
         if iteration_of(requester) in (None, 0) and learned is not None:
             order = learned.order
-            if wanted in order and at in order and order[wanted] < order[at]:
-                return self.out_of_order_error(requester, asked_at)
+            now = _position(order, at)
+            if now is not None and wanted is not None:
+                if wanted in order:
+                    gone = order[wanted] < now
+                else:
+                    # An operation of a module's forward runs inside the module's
+                    # call: once that call ended, so did the operation.
+                    module, sep, _ = wanted.partition(".source.")
+                    call_end = order.get(f"{module}.output") if sep else None
+                    gone = call_end is not None and call_end <= now
+                if gone:
+                    return self.out_of_order_error(requester, asked_at)
         error = super().missed_error(requester, asked_at, mediator)
         loop = self.ended_loops.get(id(mediator))
         if loop is not None:

@@ -134,6 +134,13 @@ class OperationEnvoy:
         if self._parent._operation is not None:
             for parent_op in self._parent_chain():
                 interleaver.ensure_hook((id(parent_op._op), "descend"), parent_op._descend)
+        source = self._parent
+        interleaver.ensure_hook(
+            (id(source._accessor), "operations"),
+            functools.partial(_count_operations, source, interleaver),
+        )
+
+    def _ensure_op_hook(self, interleaver: Interleaver, kind: str) -> None:
         interleaver.ensure_hook(
             (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
         )
@@ -197,6 +204,24 @@ class OperationEnvoy:
 def _remove(hooks: list[Any], hook: Any) -> None:
     if hook in hooks:
         hooks.remove(hook)
+
+
+def _count_operations(source: SourceEnvoy, interleaver: Interleaver) -> _Removable:
+    """Hook every operation of ``source`` for the run, read or not.
+
+    Each call of each operation is then counted from the first read of any of
+    them: a read of an operation that already ran in this call is an
+    :class:`OutOfOrderError` at the reading line, never a wait that ends in
+    "missed", and a later call is never served as an earlier one.
+    """
+    for operation in source:
+        operation._ensure_op_hook(interleaver, "input")
+        operation._ensure_op_hook(interleaver, "output")
+    return _Removable(_nothing)
+
+
+def _nothing() -> None:
+    """The handle of :func:`_count_operations`: its hooks have their own."""
 
 
 def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
