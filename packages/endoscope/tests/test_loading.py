@@ -301,3 +301,30 @@ def test_cache_of_every_module_follows_rebinding(gpt2, tokenizer):
         )
         assert torch.equal(cache["model.transformer.h.1.mlp"].output, seen["transformer.h.1.mlp"])
         assert type(model.transformer.h[0].mlp.c_proj._module) is torch.nn.Linear
+
+
+def test_source_operations_held_from_before_loading_read_the_loaded_model(saved_model):
+    # An operation (and a .source) taken from the empty model stays usable: it
+    # reads the call site of the same name in the loaded modules' forward.
+    lm = LanguageModel(saved_model)
+    assert not lm.dispatched
+    attn = lm.transformer.h[0].attn
+    projection = attn.source.self_c_proj_0
+    source = attn.source
+    with lm.trace(PROMPT):
+        qkv_in = source.self_c_attn_1.input.save()
+        projected = projection.output.save()
+    assert lm.dispatched
+    seen: dict[str, torch.Tensor] = {}
+    module = lm._module.transformer.h[0].attn
+    handles = [
+        module.c_proj.register_forward_hook(lambda m, a, out: seen.setdefault("proj", out)),
+        module.c_attn.register_forward_pre_hook(lambda m, a: seen.setdefault("qkv_in", a[0])),
+    ]
+    try:
+        plain_logits(lm._module, lm.tokenizer)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(projected, seen["proj"])
+    assert torch.equal(qkv_in, seen["qkv_in"])

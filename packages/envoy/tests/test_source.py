@@ -204,3 +204,27 @@ def test_an_operation_that_does_not_run_is_missed_not_out_of_order() -> None:
         with model.trace(torch.randn(2, 4)):
             model.source.torch_neg_0.output.save()
     assert not isinstance(caught.value, OutOfOrderError)
+
+
+def test_operations_follow_their_envoy_to_a_new_module(attention) -> None:
+    """An Envoy pointed at another module (what loading weights does: the
+    meta-package re-points every Envoy and drops its .source) takes operations
+    held from before with it, nested ones included."""
+    model = NNsight(attention)
+    nested = model.source.scale_0.source.torch_mul_0
+    query = model.source.self_q_0
+    torch.manual_seed(5)
+    replacement = Attention().eval()
+    model._module = replacement
+    model._source = None
+    model._modules_replaced()
+    x = torch.randn(2, 3, 4)
+    with model.trace(x):
+        q = query.output.save()
+        doubled = nested.output.save()
+    assert torch.equal(q, replacement.q(x))
+    inner = torch.matmul(
+        F.softmax(torch.matmul(replacement.q(x), replacement.k(x).transpose(-1, -2)), dim=-1), x
+    )
+    assert torch.allclose(doubled, inner * 2)
+    assert "forward" not in attention.__dict__ and "forward" not in replacement.__dict__

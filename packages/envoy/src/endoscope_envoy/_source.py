@@ -60,6 +60,15 @@ class SourceEnvoy:
         self._accessor = accessor
         self._operations: dict[str, OperationEnvoy] = {}
 
+    def _current(self) -> SourceEnvoy:
+        """These operations as they are now: the owner's ``.source`` (or the
+        operation's) anew when the owner Envoy was pointed at another module."""
+        operation = self._operation
+        if operation is None:
+            return self if self._owner._source is self else self._owner.source
+        fresh = operation._current()
+        return self if fresh is operation else fresh.source
+
     @property
     def path(self) -> str:
         """The provider path prefix of this function's operations."""
@@ -125,7 +134,24 @@ class OperationEnvoy:
         """The running trace's interleaver (see :attr:`Envoy.interleaver`)."""
         return self._owner.interleaver
 
+    def _current(self) -> OperationEnvoy:
+        """This call site in the module's forward as it is now.
+
+        The same object unless the owner Envoy was pointed at another module
+        since this one was made (a model whose weights loaded): then the call
+        site of the same name in the new module's forward.
+        """
+        parent = self._parent._current()
+        if parent is self._parent:
+            return self
+        return getattr(parent, self._op.name)
+
     def _hook(self, kind: str) -> None:
+        current = self._current()
+        if current is not self:
+            # Same provider path, so this envoy's requests are served by its hooks.
+            current._hook(kind)
+            return
         owner = self._owner
         interleaver = owner.interleaver
         # The owner's wrapper (its ancestors' too) routes its calls through the
@@ -191,6 +217,9 @@ class OperationEnvoy:
     @property
     def source(self) -> SourceEnvoy:
         """The operations of the function this call site calls (recursive ``.source``)."""
+        current = self._current()
+        if current is not self:
+            return current.source
         if self._source is None:
             callee = _resolve_callee(self._owner._module, self._parent, self._op)
             try:
