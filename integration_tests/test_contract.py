@@ -12,13 +12,13 @@ padding around them, are compared to float32 rounding.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from plain_torch import hooked, record
 from torch._subclasses.fake_tensor import FakeTensor
 
 import endoscope
@@ -40,30 +40,6 @@ def library_frames(error: BaseException) -> list[str]:
     """
     frames = traceback.extract_tb(error.__traceback__)
     return [f.filename for f in frames if "endoscope_" in f.filename]
-
-
-@contextmanager
-def hooked(
-    *hooks: tuple[torch.nn.Module, Callable[..., Any]],
-    pre: tuple[tuple[torch.nn.Module, Callable[..., Any]], ...] = (),
-) -> Iterator[None]:
-    """Plain torch forward hooks (and ``with_kwargs`` pre-hooks), removed afterwards."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    handles += [module.register_forward_pre_hook(hook, with_kwargs=True) for module, hook in pre]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def record(store: dict[str, Any], key: str) -> Callable[..., None]:
-    """A forward hook that keeps the module's output in ``store[key]``."""
-
-    def hook(module: Any, args: Any, output: Any) -> None:
-        store[key] = output
-
-    return hook
 
 
 def record_calls(store: list[Any]) -> Callable[..., None]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from plain_torch import hooked, record
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "## Ten common tasks"
@@ -49,24 +48,6 @@ def run_task(number: int, tmp_path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ plain references
-
-
-@contextmanager
-def hooked(*hooks: tuple[torch.nn.Module, Callable[..., Any]]) -> Iterator[None]:
-    """Plain torch forward hooks on modules, removed afterwards."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def record(store: dict[str, Any], key: str) -> Callable[..., None]:
-    def hook(module: Any, args: Any, output: Any) -> None:
-        store[key] = output
-
-    return hook
 
 
 def zero(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
