@@ -186,6 +186,46 @@ def test_active_follows_hooks_and_watches() -> None:
     assert not acc.active and outer._detour is None
 
 
+def test_a_counting_watch_counts_every_call_of_every_site() -> None:
+    acc = SourceAccessor(Block.forward)
+    block = Block()
+    acc(block, 1)  # not counting: nothing moves
+    assert [(op.calls, op.returns) for op in acc.operations.values()] == [(0, 0)] * 4
+    acc.helper_0.post_hooks.append(lambda v: None)  # hooked sites count too
+    with acc.watch(count=True):
+        assert acc.counting and acc.active
+        assert all(op._detour is True for op in acc.operations.values())
+        acc(block, 1)
+        acc(block, 2)
+        counts = {name: (op.calls, op.returns) for name, op in acc.operations.items()}
+    assert counts == dict.fromkeys(("self_inner_0", "abs_0", "self_outer_0", "helper_0"), (2, 2))
+    assert not acc.counting and acc.abs_0._detour is None
+    acc(block, 3)
+    assert acc.abs_0.calls == 2  # stopped with the watch
+    with acc.watch(count=True) as first:
+        acc(block, 1)
+        with acc.watch(count=True):  # a second counter does not start again from zero
+            acc(block, 1)
+        assert acc.counting and acc.abs_0.calls == 2
+    assert first.closed and not acc.counting
+
+
+def boom(v):
+    raise ValueError(v)
+
+
+def helper_then_boom(x):
+    return helper(x), boom(x)
+
+
+def test_a_call_that_raises_is_counted_as_started_not_finished() -> None:
+    acc = SourceAccessor(helper_then_boom)
+    with acc.watch(count=True), pytest.raises(ValueError):
+        acc(1)
+    assert (acc.helper_0.calls, acc.helper_0.returns) == (1, 1)
+    assert (acc.boom_0.calls, acc.boom_0.returns) == (1, 0)
+
+
 def test_hook_registered_by_an_inner_operation_fires() -> None:
     acc = SourceAccessor(Block.forward)
     seen = []

@@ -160,13 +160,12 @@ class OperationEnvoy:
         if self._parent._operation is not None:
             for parent_op in self._parent_chain():
                 interleaver.ensure_hook((id(parent_op._op), "descend"), parent_op._descend)
-        source = self._parent
-        interleaver.ensure_hook(
-            (id(source._accessor), "operations"),
-            functools.partial(_count_operations, source, interleaver),
-        )
-
-    def _ensure_op_hook(self, interleaver: Interleaver, kind: str) -> None:
+        # Every call of every operation of this forward is counted for the run,
+        # so a hook put on an operation late numbers its calls from those that
+        # went by: reading one that already ran is then an OutOfOrderError at
+        # once, never a wait that ends in "missed" or a later call served.
+        accessor = self._parent._accessor
+        interleaver.ensure_hook((id(accessor), "count"), functools.partial(_count, accessor))
         interleaver.ensure_hook(
             (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
         )
@@ -235,22 +234,9 @@ def _remove(hooks: list[Any], hook: Any) -> None:
         hooks.remove(hook)
 
 
-def _count_operations(source: SourceEnvoy, interleaver: Interleaver) -> _Removable:
-    """Hook every operation of ``source`` for the run, read or not.
-
-    Each call of each operation is then counted from the first read of any of
-    them: a read of an operation that already ran in this call is an
-    :class:`OutOfOrderError` at the reading line, never a wait that ends in
-    "missed", and a later call is never served as an earlier one.
-    """
-    for operation in source:
-        operation._ensure_op_hook(interleaver, "input")
-        operation._ensure_op_hook(interleaver, "output")
-    return _Removable(_nothing)
-
-
-def _nothing() -> None:
-    """The handle of :func:`_count_operations`: its hooks have their own."""
+def _count(accessor: Any) -> _Removable:
+    """Count the calls of ``accessor``'s operations until the run ends."""
+    return _Removable(accessor.watch(count=True).close)
 
 
 def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
@@ -271,6 +257,12 @@ def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
 
         hooks = op.pre_hooks
     hooks.insert(0, hook)
+    interleaver = envoy.interleaver
+    if interleaver.provider is not None and op.accessor is not None and op.accessor.counting:
+        # Hooked while the model runs: number its calls after those gone by.
+        ran = op.returns if kind == "output" else op.calls
+        if ran and provider not in interleaver.calls:
+            interleaver.calls[provider] = ran
     return _Removable(lambda: _remove(hooks, hook))
 
 

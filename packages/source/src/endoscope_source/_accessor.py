@@ -46,10 +46,11 @@ class Watch:
     Closing twice is harmless; a watch that is garbage collected closes itself.
     """
 
-    __slots__ = ("_accessor",)
+    __slots__ = ("_accessor", "_counts")
 
-    def __init__(self, accessor: SourceAccessor) -> None:
+    def __init__(self, accessor: SourceAccessor, counts: bool = False) -> None:
         self._accessor: SourceAccessor | None = accessor
+        self._counts = counts
 
     @property
     def closed(self) -> bool:
@@ -60,7 +61,7 @@ class Watch:
         """Stop watching."""
         accessor, self._accessor = self._accessor, None
         if accessor is not None:
-            accessor._unwatch()
+            accessor._unwatch(self._counts)
 
     def __enter__(self) -> Watch:
         return self
@@ -113,6 +114,7 @@ class SourceAccessor:
         self._lock = threading.RLock()
         self._hooked_count = 0
         self._watchers = 0
+        self._counters = 0
         self._active = False
         target = resolve_target(fn)
         conversion = convert(target.function)
@@ -192,7 +194,12 @@ class SourceAccessor:
         """
         return self._active
 
-    def watch(self) -> Watch:
+    @property
+    def counting(self) -> bool:
+        """True while some :class:`Watch` opened with ``count=True`` is open."""
+        return self._counters > 0
+
+    def watch(self, *, count: bool = False) -> Watch:
         """Keep the accessor active until the returned :class:`Watch` is closed.
 
         A consumer that registers hooks while the function runs (from inside
@@ -200,18 +207,41 @@ class SourceAccessor:
         so sites whose arguments contain calls wait until they call to read
         their hook lists.
 
+        Args:
+            count: also count every call of every call site, hooked or not, in
+                :attr:`OperationAccessor.calls` (calls started) and
+                :attr:`OperationAccessor.returns` (calls finished), from zero
+                when the first counting watch opens. A consumer that hooks a
+                site late learns how many of its calls went by unhooked.
+                Unhooked sites then take the slow branch (a few bytecodes).
+
         Returns:
             A :class:`Watch`; use it as a context manager or call ``close()``.
         """
         with self._lock:
             self._watchers += 1
+            if count:
+                self._counters += 1
+                if self._counters == 1:
+                    for op in self.operations.values():
+                        op.calls = op.returns = 0
+                        op._counted = op._detour = True  # _update_detour, inlined
             self._update_active()
-        return Watch(self)
+        return Watch(self, count)
 
-    def _unwatch(self) -> None:
+    def _unwatch(self, counted: bool = False) -> None:
         with self._lock:
             self._watchers -= 1
-            self._update_active()
+            if not counted:
+                self._update_active()
+                return
+            self._counters -= 1
+            if self._counters:
+                return  # still watched and counting: nothing changes
+            self._active = active = self._hooked_count > 0 or self._watchers > 0
+            for op in self.operations.values():
+                op._counted = False
+                op._update_detour(active)
 
     def _hooked_changed(self, hooked: bool) -> None:
         # Called by an operation, under the shared lock.

@@ -131,22 +131,28 @@ class OperationAccessor:
         fn_hooks: See above.
         nested: The :class:`SourceAccessor` of the called function, once
             :meth:`source_for` built it (recursive source tracing).
+        calls: Calls of this site started since the accessor began counting
+            (see :meth:`SourceAccessor.watch`); not updated otherwise.
+        returns: Calls of this site finished (after its post-hooks) since then.
     """
 
     __slots__ = (
         "__dict__",
         "__weakref__",
+        "_counted",
         "_detour",
         "_fn_replacement",
         "_hooked",
         "_lock",
         "_owner",
+        "calls",
         "fn_hooks",
         "name",
         "nested",
         "path",
         "post_hooks",
         "pre_hooks",
+        "returns",
         "site",
     )
 
@@ -157,6 +163,10 @@ class OperationAccessor:
         # Read by the injected code before every call: None means "call directly".
         self._detour: bool | None = None
         self._hooked = False
+        # Counted while the accessor counts (see SourceAccessor.watch).
+        self._counted = False
+        self.calls = 0
+        self.returns = 0
         self._fn_replacement: Callable[..., Any] | None = None
         self._owner: weakref.ref[SourceAccessor] | None = (
             weakref.ref(owner) if owner is not None else None
@@ -223,14 +233,27 @@ class OperationAccessor:
             self._update_detour(owner._active if owner is not None else False)
 
     def _update_detour(self, active: bool) -> None:
-        self._detour = True if self._hooked or (active and self.site.nested) else None
+        self._detour = (
+            True if self._hooked or self._counted or (active and self.site.nested) else None
+        )
 
     # -- calling --------------------------------------------------------------
 
     def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Slow path of a call site: run ``fn`` through the hooks present right now."""
+        if self._counted:
+            return self._counted_call(fn, *args, **kwargs)
         if not self._hooked:
             return fn(*args, **kwargs)
+        return self._hooked_call(fn, *args, **kwargs)
+
+    def _counted_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        value = self._hooked_call(fn, *args, **kwargs) if self._hooked else fn(*args, **kwargs)
+        self.returns += 1
+        return value
+
+    def _hooked_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         replacement = self._fn_replacement
         if replacement is not None:
             # Consumed before the call: a consumer may install the next
