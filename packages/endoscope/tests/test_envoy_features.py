@@ -119,3 +119,21 @@ def test_source_operations_of_a_loaded_model(saved_model):
     finally:
         handle.remove()
     assert torch.equal(projected, seen[0])
+
+
+def test_attention_weights_inside_the_attention_function(gpt2, tokenizer):
+    # transformers picks the attention function at run time (a local variable of
+    # the attention's forward): its .source is known after one run reads it.
+    gpt2.set_attn_implementation("eager")
+    model = LanguageModel(gpt2, tokenizer=tokenizer)
+    attn = model.transformer.h[0].attn
+    with model.trace(PROMPT):
+        returned = attn.source.attention_interface_0.output.save()
+    inner = attn.source.attention_interface_0.source
+    assert "def eager_attention_forward" in str(inner)
+    with model.trace(PROMPT):
+        scores = inner.torch_matmul_0.output.save()
+        weights = inner.nn_functional_softmax_0.output.save()
+    assert torch.equal(weights, returned[1])
+    assert weights.shape[-2:] == scores.shape[-2:] == (weights.shape[-1],) * 2
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))

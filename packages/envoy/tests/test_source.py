@@ -228,3 +228,44 @@ def test_operations_follow_their_envoy_to_a_new_module(attention) -> None:
     )
     assert torch.allclose(doubled, inner * 2)
     assert "forward" not in attention.__dict__ and "forward" not in replacement.__dict__
+
+
+def double(v: torch.Tensor) -> torch.Tensor:
+    return torch.mul(v, 2)
+
+
+def triple(v: torch.Tensor) -> torch.Tensor:
+    return torch.mul(v, 3)
+
+
+class Picker(torch.nn.Module):
+    """Calls a function chosen at run time through a local variable (like the
+    attention interface of a transformers model)."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        fn = double if self.factor == 2 else triple
+        return fn(self.fc(v))
+
+
+def test_source_of_a_call_through_a_local_variable() -> None:
+    from endoscope_source import SourceError
+
+    torch.manual_seed(0)
+    picker = Picker(3)
+    model = NNsight(picker)
+    x = torch.randn(2, 4)
+    with pytest.raises(SourceError, match="`fn` is a local variable of Picker.forward"):
+        model.source.fn_0.source  # nothing ran yet: unknown
+    with model.trace(x):  # any read of this forward's operations records the callee
+        model.source.self_fc_0.output.save()
+    assert "def triple" in str(model.source.fn_0.source)
+    with model.trace(x):
+        product = model.source.fn_0.source.torch_mul_0.output.save()
+        out = model.output.save()
+    assert torch.equal(product, picker.fc(x) * 3)
+    assert torch.equal(out, picker(x))

@@ -218,6 +218,25 @@ def helper_then_boom(x):
     return helper(x), boom(x)
 
 
+def pick_and_call(x, flag):
+    fn = abs if flag else helper
+    return fn(x)
+
+
+def test_last_callee_is_what_a_slow_call_called() -> None:
+    acc = SourceAccessor(pick_and_call)
+    acc(-1, True)
+    assert acc.fn_0.last_callee is None  # took the fast branch: nothing recorded
+    with acc.watch(count=True):
+        acc(-1, True)
+        assert acc.fn_0.last_callee is abs
+        acc(-1, False)
+    assert acc.fn_0.last_callee is helper
+    acc.fn_0.fn_hooks.append(lambda fn: abs)  # replaced by a hook: the site's own callee
+    assert acc(-1, False) == 1
+    assert acc.fn_0.last_callee is helper
+
+
 def test_a_call_that_raises_is_counted_as_started_not_finished() -> None:
     acc = SourceAccessor(helper_then_boom)
     with acc.watch(count=True), pytest.raises(ValueError):

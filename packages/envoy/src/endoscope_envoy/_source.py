@@ -15,6 +15,7 @@ the call site's expression: ``self.helper``, ``torch.nn.functional.gelu``,
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 from collections.abc import Callable
@@ -283,12 +284,19 @@ def _resolve_callee(module: Any, source: SourceEnvoy, op: OperationAccessor) -> 
         target: Any = module
     elif parts[0] in scope:
         target = scope[parts[0]]
-    else:
-        import builtins
-
-        if not hasattr(builtins, parts[0]):
-            raise SourceError(f"{op.path}: cannot resolve {parts[0]!r} in {text!r}")
+    elif hasattr(builtins, parts[0]):
         target = getattr(builtins, parts[0])
+    else:
+        # A local variable (``fn = pick(...); fn(x)``): only a call shows what it is.
+        target = op.last_callee
+        if target is None:
+            raise SourceError(
+                f"{op.path}: `{parts[0]}` is a local variable of {function.__qualname__}, "
+                f"so what `{text}(...)` calls is only known once it ran. Read any "
+                "operation of this forward in a trace first (that run records the callee), "
+                f"then use `.source` on {op.name}."
+            )
+        parts = parts[:1]  # the recorded callee is the whole chain's
     for part in parts[1:]:
         target = getattr(target, part)
     forward = getattr(target, "forward", None)

@@ -134,6 +134,10 @@ class OperationAccessor:
         calls: Calls of this site started since the accessor began counting
             (see :meth:`SourceAccessor.watch`); not updated otherwise.
         returns: Calls of this site finished (after its post-hooks) since then.
+        last_callee: What the site called the last time it took the slow branch
+            (hooked, counted or nested while active), before any hook replaced
+            it; ``None`` until then. Tells a consumer which function a call of a
+            local variable (``fn = pick(); fn(x)``) calls.
     """
 
     __slots__ = (
@@ -147,6 +151,7 @@ class OperationAccessor:
         "_owner",
         "calls",
         "fn_hooks",
+        "last_callee",
         "name",
         "nested",
         "path",
@@ -167,6 +172,7 @@ class OperationAccessor:
         self._counted = False
         self.calls = 0
         self.returns = 0
+        self.last_callee: Callable[..., Any] | None = None
         self._fn_replacement: Callable[..., Any] | None = None
         self._owner: weakref.ref[SourceAccessor] | None = (
             weakref.ref(owner) if owner is not None else None
@@ -241,6 +247,7 @@ class OperationAccessor:
 
     def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Slow path of a call site: run ``fn`` through the hooks present right now."""
+        self.last_callee = fn
         if self._counted:
             return self._counted_call(fn, *args, **kwargs)
         if not self._hooked:
