@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from endoscope_envoy import NNsight, save
+from endoscope_envoy import MissedProviderError, NNsight, OutOfOrderError, save
+from endoscope_source import SourceError
 
 
 def scale(v: torch.Tensor) -> torch.Tensor:
@@ -124,8 +125,6 @@ def no_leftovers_attention(attention):
 
 
 def test_an_operation_of_a_module_the_model_left_is_out_of_order(net, x, no_leftovers) -> None:
-    from endoscope_envoy import OutOfOrderError
-
     model = NNsight(net)
     with model.trace(x):  # the first trace learns the module order
         model.output.save()
@@ -138,8 +137,6 @@ def test_an_operation_of_a_module_the_model_left_is_out_of_order(net, x, no_left
 
 
 def test_operations_of_one_forward_read_out_of_order(net, x, no_leftovers) -> None:
-    from endoscope_envoy import OutOfOrderError
-
     model = NNsight(net)
     with pytest.raises(OutOfOrderError) as caught:
         with model.trace(x):
@@ -176,8 +173,6 @@ class Branchy(torch.nn.Module):
 def test_a_later_call_is_never_served_as_an_earlier_one() -> None:
     """Reading the first call's fc after its act already ran is a mistake; it
     used to wait for the second call's fc and serve it as the first's."""
-    from endoscope_envoy import OutOfOrderError
-
     torch.manual_seed(0)
     model = NNsight(Shared())
     with pytest.raises(OutOfOrderError):
@@ -196,8 +191,6 @@ def test_a_later_call_is_never_served_as_an_earlier_one() -> None:
 
 
 def test_an_operation_that_does_not_run_is_missed_not_out_of_order() -> None:
-    from endoscope_envoy import MissedProviderError, OutOfOrderError
-
     torch.manual_seed(0)
     model = NNsight(Branchy())
     with pytest.raises(MissedProviderError) as caught:
@@ -253,8 +246,6 @@ class Picker(torch.nn.Module):
 
 
 def test_source_of_a_call_through_a_local_variable() -> None:
-    from endoscope_source import SourceError
-
     torch.manual_seed(0)
     picker = Picker(3)
     model = NNsight(picker)

@@ -96,21 +96,30 @@ def _computation(interleaver: Interleaver, depth: int) -> int:
     return _computation(interleaver, depth - 1) + 1
 
 
-def test_intervention_traceback_leaves_out_the_computations_frames(
-    scheduler: Scheduler,
-) -> None:
+def _error_of_a_run(scheduler: Scheduler, *, intervention_raises: bool) -> BaseException:
+    """The error leaving a run paused 4 calls deep in its computation: the
+    intervention's own (``KeyError``) or, after it, the computation's."""
     interleaver = Interleaver(scheduler=scheduler)
 
     def intervention() -> None:
         assert interleaver.current is not None
         interleaver.current.request("point.i0")
-        raise KeyError("from the intervention")
+        if intervention_raises:
+            raise KeyError("from the intervention")
 
     interleaver.initialize([Mediator(intervention)])
-    with pytest.raises(KeyError) as caught:
+    with pytest.raises((KeyError, ZeroDivisionError)) as caught:
         with interleaver:
             _computation(interleaver, 3)
-    error = caught.value
+            1 / 0
+    return caught.value
+
+
+def test_intervention_traceback_leaves_out_the_computations_frames(
+    scheduler: Scheduler,
+) -> None:
+    error = _error_of_a_run(scheduler, intervention_raises=True)
+    assert isinstance(error, KeyError)
     names = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
     assert names.count("_computation") == 4  # it went out through the computation
     origin = intervention_traceback(error)
@@ -124,15 +133,6 @@ def test_intervention_traceback_leaves_out_the_computations_frames(
 def test_an_error_of_the_computation_has_no_intervention_traceback(
     scheduler: Scheduler,
 ) -> None:
-    interleaver = Interleaver(scheduler=scheduler)
-
-    def intervention() -> None:
-        assert interleaver.current is not None
-        interleaver.current.request("point.i0")
-
-    interleaver.initialize([Mediator(intervention)])
-    with pytest.raises(ZeroDivisionError) as caught:
-        with interleaver:
-            _computation(interleaver, 2)
-            1 / 0
-    assert intervention_traceback(caught.value) is None
+    error = _error_of_a_run(scheduler, intervention_raises=False)
+    assert isinstance(error, ZeroDivisionError)
+    assert intervention_traceback(error) is None

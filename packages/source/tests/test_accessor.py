@@ -226,15 +226,38 @@ def pick_and_call(x, flag):
 def test_last_callee_is_what_a_slow_call_called() -> None:
     acc = SourceAccessor(pick_and_call)
     acc(-1, True)
-    assert acc.fn_0.last_callee is None  # took the fast branch: nothing recorded
+    assert acc.fn_0.last_callee is None  # not counted: nothing recorded
     with acc.watch(count=True):
         acc(-1, True)
         assert acc.fn_0.last_callee is abs
         acc(-1, False)
-    assert acc.fn_0.last_callee is helper
-    acc.fn_0.fn_hooks.append(lambda fn: abs)  # replaced by a hook: the site's own callee
-    assert acc(-1, False) == 1
-    assert acc.fn_0.last_callee is helper
+        assert acc.fn_0.last_callee is helper
+        acc.fn_0.fn_hooks.append(lambda fn: abs)  # replaced by a hook: the site's own callee
+        assert acc(-1, False) == 1
+        assert acc.fn_0.last_callee is helper
+    acc(-1, True)
+    assert acc.fn_0.last_callee is helper  # no longer counted
+
+
+class Owner:
+    def run(self, x):
+        method = self.double
+        return method(x)
+
+    def double(self, x):
+        return x * 2
+
+
+def test_last_callee_keeps_no_instance_alive(no_gc: None) -> None:
+    owner = Owner()
+    acc = SourceAccessor(Owner.run)
+    owner.accessor = acc  # an object caching its own accessor, as modules do
+    with acc.watch(count=True):
+        assert acc(owner, 2) == 4
+    assert acc.method_0.last_callee is Owner.double
+    ref = weakref.ref(owner)
+    del owner, acc
+    assert ref() is None
 
 
 def test_a_call_that_raises_is_counted_as_started_not_finished() -> None:

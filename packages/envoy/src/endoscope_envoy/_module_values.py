@@ -7,10 +7,10 @@ side, between two switches to the model. :class:`eproperty` does it generically
 the wrapper check is inlined, the first call's requester (``<path>.output.i0``)
 comes from the module's wrapper, later calls' are kept on the Envoy, a swap of
 the value being read replaces it in place, and the run's request counter is
-bumped here. Processing steps (``preprocess``/``postprocess``/``transform``)
-switch the common case off as they are registered. Whatever the fast path does not cover (no trace running, no
-intervention current, another interleaver type, preprocess/transform steps of a
-subclass) goes through :class:`eproperty` unchanged, errors included.
+bumped here. Whatever the fast path does not cover (no trace running, no
+intervention current, another interleaver type, processing steps, which switch
+it off as they are registered) goes through :class:`eproperty` unchanged, errors
+included.
 """
 
 from __future__ import annotations

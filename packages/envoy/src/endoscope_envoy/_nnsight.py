@@ -9,12 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from endoscope_interleaver import (
-    GreenletScheduler,
-    Interleaver,
-    Scheduler,
-    ThreadScheduler,
-)
+from endoscope_interleaver import GreenletScheduler, Interleaver, Scheduler, ThreadScheduler
 
 from ._backward import _backward as backward_entry
 from ._backward import running_models

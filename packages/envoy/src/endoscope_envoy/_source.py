@@ -235,7 +235,7 @@ def _remove(hooks: list[Any], hook: Any) -> None:
         hooks.remove(hook)
 
 
-def _count(accessor: Any) -> _Removable:
+def _count(accessor: SourceAccessor) -> _Removable:
     """Count the calls of ``accessor``'s operations until the run ends."""
     return _Removable(accessor.watch(count=True).close)
 

@@ -134,10 +134,11 @@ class OperationAccessor:
         calls: Calls of this site started since the accessor began counting
             (see :meth:`SourceAccessor.watch`); not updated otherwise.
         returns: Calls of this site finished (after its post-hooks) since then.
-        last_callee: What the site called the last time it took the slow branch
-            (hooked, counted or nested while active), before any hook replaced
-            it; ``None`` until then. Tells a consumer which function a call of a
-            local variable (``fn = pick(); fn(x)``) calls.
+        last_callee: What the site called the last time it was called while
+            counted (see :meth:`SourceAccessor.watch`), before any hook replaced
+            it, a bound method as its function; ``None`` until then. Tells a
+            consumer which function a call of a local variable
+            (``fn = pick(); fn(x)``) calls.
     """
 
     __slots__ = (
@@ -247,7 +248,6 @@ class OperationAccessor:
 
     def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Slow path of a call site: run ``fn`` through the hooks present right now."""
-        self.last_callee = fn
         if self._counted:
             return self._counted_call(fn, *args, **kwargs)
         if not self._hooked:
@@ -255,6 +255,9 @@ class OperationAccessor:
         return self._hooked_call(fn, *args, **kwargs)
 
     def _counted_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        # A bound method's function only: its instance (often the object that
+        # owns this accessor) would otherwise be kept alive through a cycle.
+        self.last_callee = getattr(fn, "__func__", fn)
         self.calls += 1
         value = self._hooked_call(fn, *args, **kwargs) if self._hooked else fn(*args, **kwargs)
         self.returns += 1
