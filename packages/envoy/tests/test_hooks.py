@@ -115,3 +115,43 @@ def test_warm_wrappers_are_gone_after_a_failed_run(net, x, no_leftovers) -> None
         pass
     assert wrapped(net) == []
     assert all("forward" not in m.__dict__ for m in net.modules())
+
+
+def test_a_module_class_whose_forward_changed_is_not_lent(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    trace_reading(model, x, 1)
+    cls = type(net.layers[1])
+    original = cls.forward
+    cls.forward = lambda self, h: original(self, h) * 2  # a patch of the class
+    try:
+        at_start, out = trace_reading(model, x, 1)
+        patched = expected_block(net, x, 1)
+    finally:
+        cls.forward = original
+    # No layer is lent its old wrapper (it wraps the old forward), yet the read
+    # is served, by a wrapper around the patched one; the rest stay warm.
+    assert at_start == ["<root>", "layers"]
+    assert torch.equal(out, patched)
+    assert not torch.equal(patched, expected_block(net, x, 1))
+    # The class is back: the next run lends every warm wrapper again.
+    at_start, out = trace_reading(model, x, 1)
+    assert at_start == ["<root>", "layers", "layers.1"]
+    assert torch.equal(out, expected_block(net, x, 1))
+
+
+def test_a_module_with_its_own_instance_forward_stays_warm(net, x, no_leftovers) -> None:
+    # Libraries such as accelerate give modules an instance forward for good.
+    layer = net.layers[1]
+    own = layer.forward
+    layer.forward = lambda h: own(h) + 1
+    try:
+        model = NNsight(net)
+        for _ in range(3):
+            at_start, out = trace_reading(model, x, 1)
+            assert torch.equal(out, expected_block(net, x, 1))
+        assert at_start == ["<root>", "layers", "layers.1"]
+        # Returned after every run: the instance forward is the library's again.
+        assert wrapped(net) == []
+        assert torch.equal(layer(torch.ones(1, 8)), own(torch.ones(1, 8)) + 1)
+    finally:
+        del layer.forward

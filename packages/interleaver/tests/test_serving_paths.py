@@ -38,8 +38,25 @@ class IdentityBatcher:
         return replacement
 
 
-def forward(interleaver: Interleaver, log: list[Any], layers: int = 3, steps: int = 1) -> Any:
-    """Layers add 1; a layer skipped by an intervention gives the skip value."""
+def counted_output(interleaver: Interleaver, path: str, value: Any) -> Any:
+    """What a hook that counts its own calls does: ``handle(path, value, iterate=True)``
+    in the documented protocol of :meth:`Interleaver.handle_counted`."""
+    count = interleaver.calls.get(path, 0)
+    interleaver.calls[path] = count + 1
+    if path not in interleaver.wanted:
+        return value
+    return interleaver.handle_counted(f"{path}.i{count}", value)
+
+
+def forward(
+    interleaver: Interleaver,
+    log: list[Any],
+    layers: int = 3,
+    steps: int = 1,
+    counted: bool = False,
+) -> Any:
+    """Layers add 1; a layer skipped by an intervention gives the skip value.
+    ``counted``: outputs are served by hooks that count their calls themselves."""
     x = 0
     for _ in range(steps):
         for i in range(layers):
@@ -48,7 +65,10 @@ def forward(interleaver: Interleaver, log: list[Any], layers: int = 3, steps: in
                 x = x + 1
             except SkipException as skip:
                 x = skip.value
-            x = interleaver.handle(f"layer{i}.output", x, iterate=True)
+            if counted:
+                x = counted_output(interleaver, f"layer{i}.output", x)
+            else:
+                x = interleaver.handle(f"layer{i}.output", x, iterate=True)
             log.append(("out", i, x))
     # A provider with no iteration suffix, and one numbered by the caller.
     x = interleaver.handle("result", x)
@@ -62,6 +82,7 @@ def outcome(
     intervention: Callable[[Mediator, list[Any]], None],
     steps: int = 1,
     monkeypatch: pytest.MonkeyPatch | None = None,
+    counted: bool = False,
 ) -> tuple[Any, list[Any]]:
     """Run ``intervention`` one of the three ways; what it saw and how the run ended."""
     seen: list[Any] = []
@@ -100,7 +121,7 @@ def outcome(
     result: Any = ("stopped", None)  # the with block absorbs a stop
     try:
         with interleaver:
-            result = ("returned", forward(interleaver, log, steps=steps))
+            result = ("returned", forward(interleaver, log, steps=steps, counted=counted))
     except Exception as error:
         result = (type(error).__name__, str(error).splitlines()[0])
     if way == "solo":
@@ -240,6 +261,16 @@ def test_fast_and_general_serving_agree(scheduler: Scheduler, name: str) -> None
     intervention, steps = SCENARIOS[name]
     results = {way: outcome(scheduler, way, intervention, steps) for way in WAYS}
     assert results["solo"] == results["batched"] == results["partner"], results
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("way", WAYS)
+def test_hooks_counting_their_own_calls_serve_like_handle(
+    scheduler: Scheduler, name: str, way: str
+) -> None:
+    intervention, steps = SCENARIOS[name]
+    counted = outcome(scheduler, way, intervention, steps, counted=True)
+    assert counted == outcome(scheduler, way, intervention, steps)
 
 
 def test_expected_outcomes(scheduler: Scheduler) -> None:

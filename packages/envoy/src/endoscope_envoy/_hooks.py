@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENVOY_WRAPPER_ATTR",
+    "WarmWrappers",
     "add_forward_hook",
     "add_forward_pre_hook",
     "ensure_forward_wrapper",
@@ -52,7 +53,6 @@ __all__ = [
     "ensure_inputs",
     "ensure_slow_path",
     "lend_early",
-    "lend_warm",
     "lent_wrappers",
     "requires_inputs",
     "requires_output",
@@ -187,7 +187,7 @@ class _Forward:
     def __init__(self, module: Any, path: str, envoy: Envoy | None = None) -> None:
         self.module = module
         self.state = module.__dict__
-        # Weak: the Envoy holds this wrapper (for the warm-up memo of run_warm).
+        # Weak: the Envoy holds this wrapper (see lent_wrappers).
         self.envoy = weakref.ref(envoy) if envoy is not None else None
         self.provider = f"{path}.output"
         self.first = f"{path}.output.i0"  # the requester of its first call's output
@@ -202,7 +202,7 @@ class _Forward:
         self.had_instance = "forward" in module.__dict__
         self.class_forward = type(module).forward
         self.original: Any = module.forward
-        self.forward = _build(self.run, self.original, self.provider)
+        self.forward = _build(self.run, self.original, self.provider, self.first)
         setattr(self.forward, _WRAPPER_ATTR, weakref.ref(self))
 
     def _update(self) -> None:
@@ -275,8 +275,9 @@ class _Forward:
             self.input_records.clear()
 
 
-def _build(run: _Run, original: Any, provider: str) -> Callable[..., Any]:
-    """The wrapper function: serves ``provider`` while ``run`` is lent to a run."""
+def _build(run: _Run, original: Any, provider: str, first: str) -> Callable[..., Any]:
+    """The wrapper function: serves ``provider`` while ``run`` is lent to a run
+    (``first``: the requester of its first call, ``<provider>.i0``)."""
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         interleaver = run.interleaver
@@ -287,7 +288,15 @@ def _build(run: _Run, original: Any, provider: str) -> Callable[..., Any]:
         general = run.general
         if general is not None:
             return general(interleaver, args, kwargs)
-        return interleaver.handle(provider, original(*args, **kwargs), True)
+        value = original(*args, **kwargs)
+        # handle(provider, value, True), inlined up to serving: most wrapped
+        # calls (ancestors of what is read) are wanted by nobody.
+        calls = interleaver.calls
+        count = calls.get(provider, 0)
+        calls[provider] = count + 1
+        if provider not in interleaver._wanted:
+            return value
+        return interleaver.handle_counted(first if count == 0 else f"{provider}.i{count}", value)
 
     # inspect.signature() and endoscope-source see the real forward through it.
     forward.__wrapped__ = original  # type: ignore[attr-defined]
@@ -428,49 +437,123 @@ def _lend(wrapper: _Forward, interleaver: Interleaver) -> bool:
     return True
 
 
-def lend_warm(wrappers: list[_Forward], interleaver: Interleaver) -> int:
-    """Lend the wrappers a call site's earlier runs wore (see :func:`lent_wrappers`)
-    to a run that has not started; returns how many were lent.
+class WarmWrappers:
+    """The wrappers a call site's earlier runs wore, lent together before a run starts.
 
-    A wrapper is skipped when it is lent elsewhere or its module's forward is no
-    longer the one it wraps. The list belongs to the model and is dropped when
-    its Envoys are pointed at other modules (:meth:`NNsight._modules_replaced`).
-    The run gets one handle for all of them (:class:`_Lease`).
+    A union over the site's runs in the order lent (parents before children), so
+    a loop reading a different layer each time warms them all; bounded by the
+    model's modules. Belongs to the model and is dropped when its Envoys are
+    pointed at other modules (:meth:`NNsight._modules_replaced`).
+
+    Lending and returning run once per warm module and trace, so what they check
+    is prepared when the set changes: per wrapper ``(wrapper, run, state,
+    forward)``, and the module classes once each rather than once per module.
     """
-    # _lend, inlined: this loop runs once per warm module and trace.
-    lent = []
-    for wrapper in wrappers:
-        run = wrapper.run
-        if run.interleaver is not None:
-            continue
-        state = wrapper.state
-        if wrapper.had_instance:
-            if state.get("forward") is not wrapper.original:
+
+    __slots__ = ("_classes", "_entries", "_known", "wrappers")
+
+    def __init__(self) -> None:
+        self.wrappers: list[_Forward] = []
+        self._known: set[int] = set()
+        self._entries: list[tuple[_Forward, _Run, dict[str, Any], Any]] | None = None
+        self._classes: list[tuple[Any, Any]] = []  # (module class, its forward)
+
+    def __len__(self) -> int:
+        return len(self.wrappers)
+
+    def add(self, wrapper: _Forward) -> None:
+        """Add ``wrapper`` (once) after those already in the set."""
+        if id(wrapper) not in self._known:
+            self._known.add(id(wrapper))
+            self.wrappers.append(wrapper)
+            self._entries = None
+
+    def _prepare(self) -> list[tuple[_Forward, _Run, dict[str, Any], Any]]:
+        entries = [(w, w.run, w.state, w.forward) for w in self.wrappers if not w.had_instance]
+        classes = {type(w.module): w.class_forward for w in self.wrappers}
+        self._classes = list(classes.items())
+        self._entries = entries
+        return entries
+
+    def lend(self, interleaver: Interleaver) -> int:
+        """Lend the set's wrappers to ``interleaver``'s run, which has not started;
+        returns how many were lent. One run handle returns them all (:class:`_Lease`).
+
+        A wrapper is skipped when it is lent elsewhere or its module's forward is
+        no longer the one it wraps.
+        """
+        entries = self._entries
+        if entries is None:
+            entries = self._prepare()
+        for cls, class_forward in self._classes:
+            if cls.forward is not class_forward:
+                return self._lend_checked(interleaver)
+        if len(entries) != len(self.wrappers):
+            return self._lend_checked(interleaver)
+        lent = entries
+        for index, (_, run, state, forward) in enumerate(entries):
+            if run.interleaver is not None or "forward" in state:
+                # Lent elsewhere (an enclosing run) or given an instance forward
+                # since: lend the rest one by one.
+                lent = entries[:index]
+                for entry in entries[index:]:
+                    if entry[1].interleaver is None and "forward" not in entry[2]:
+                        entry[1].interleaver = interleaver
+                        entry[2]["forward"] = entry[3]
+                        lent.append(entry)
+                break
+            run.interleaver = interleaver
+            state["forward"] = forward
+        if lent:
+            interleaver.hooks.append(_Lease(lent))
+        return len(lent)
+
+    def _lend_checked(self, interleaver: Interleaver) -> int:
+        """:meth:`lend` checking each wrapper on its own (a module class's forward or
+        a module's instance forward changed, or a wrapper wraps an instance forward)."""
+        lent = []
+        for wrapper in self.wrappers:
+            run = wrapper.run
+            if run.interleaver is not None:
                 continue
-        elif "forward" in state:
-            continue
-        if type(wrapper.module).forward is not wrapper.class_forward:
-            continue
-        run.interleaver = interleaver
-        state["forward"] = wrapper.forward
-        lent.append(wrapper)
-    if lent:
-        interleaver.hooks.append(_Lease(lent))
-    return len(lent)
+            state = wrapper.state
+            if wrapper.had_instance:
+                if state.get("forward") is not wrapper.original:
+                    continue
+            elif "forward" in state:
+                continue
+            if type(wrapper.module).forward is not wrapper.class_forward:
+                continue
+            run.interleaver = interleaver
+            state["forward"] = wrapper.forward
+            lent.append((wrapper, run, state, wrapper.forward))
+        if lent:
+            interleaver.hooks.append(_Lease(lent))
+        return len(lent)
 
 
 class _Lease:
-    """The run handle of the wrappers :func:`lend_warm` lent: returns them all."""
+    """The run handle of the wrappers :meth:`WarmWrappers.lend` lent: returns them all."""
 
-    __slots__ = ("wrappers",)
+    __slots__ = ("entries",)
 
-    def __init__(self, wrappers: list[_Forward]) -> None:
-        self.wrappers = wrappers
+    def __init__(self, entries: list[tuple[_Forward, _Run, dict[str, Any], Any]]) -> None:
+        self.entries = entries
 
     def remove(self) -> None:
-        wrappers, self.wrappers = self.wrappers, []
-        for wrapper in wrappers:
-            wrapper.remove()
+        entries, self.entries = self.entries, []
+        # _Forward.remove, inlined: this loop runs once per warm module and trace.
+        for wrapper, run, state, forward in entries:
+            if run.interleaver is None:
+                continue
+            run.interleaver = None
+            if state.get("forward") is forward:
+                if wrapper.had_instance:
+                    state["forward"] = wrapper.original
+                else:
+                    del state["forward"]
+            if run.general is not None:
+                wrapper._forget_extras()
 
 
 def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:

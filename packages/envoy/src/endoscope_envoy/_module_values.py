@@ -99,50 +99,53 @@ class ModuleValue(eproperty):
         interleaver.requests += 1
         return mediator
 
-    def _first_call(self, envoy: Envoy) -> tuple[Mediator, str] | None:
-        """The common case, checked in one frame: the output of the module's first
-        call, its wrapper already lent to the running trace, no processing steps.
-        Counts the request when it applies.
-
-        Returns:
-            ``(mediator, "<path>.output.i0")``, else ``None``.
-        """
+    def _first_call(self, envoy: Envoy) -> Mediator | None:
+        """The running intervention when the common case applies: the output of the
+        module's first call, its wrapper lent to this Envoy tree's running trace
+        (not an outer trace's, when a trace of this model runs inside an
+        intervention), no processing steps, no iteration. Counts the request."""
         wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
         if wrapper is None or not self._plain:
             return None
         interleaver = wrapper.run.interleaver
-        # Lent to a run: it must be the run of this Envoy's tree (not an outer
-        # trace's, when a trace of this model runs inside an intervention).
-        if interleaver is None or type(interleaver) is not EnvoyInterleaver:
+        if type(interleaver) is not EnvoyInterleaver:
+            return None
+        mediator = interleaver.current
+        if mediator is None or mediator.iteration is not None or mediator.iteration_tracker:
             return None
         root = envoy._root_ref()
-        mediator = interleaver.current
-        if (
-            root is None
-            or root._interleaver is not interleaver
-            or mediator is None
-            or mediator.iteration is not None
-            or mediator.iteration_tracker
-        ):
+        if root is None or root._interleaver is not interleaver:
             return None
         interleaver.requests += 1
-        return mediator, wrapper.first
+        return mediator
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        common = self._first_call(obj)
-        if common is not None:
-            return common[0].request(common[1])
+        # _first_call, inlined: every read of a module value runs it.
+        wrapper = obj.__dict__.get(ENVOY_WRAPPER_ATTR)
+        if wrapper is not None and self._plain:
+            interleaver = wrapper.run.interleaver
+            if type(interleaver) is EnvoyInterleaver:
+                mediator = interleaver.current
+                if (
+                    mediator is not None
+                    and mediator.iteration is None
+                    and not mediator.iteration_tracker
+                ):
+                    root = obj._root_ref()
+                    if root is not None and root._interleaver is interleaver:
+                        interleaver.requests += 1
+                        return mediator.request(wrapper.first)
         running = self._fast(obj)
         if running is None:
             return super().__get__(obj, objtype)
         return running.request(self._requester(obj, running))
 
     def __set__(self, obj: Any, value: Any) -> None:
-        common = self._first_call(obj)
-        if common is not None:
-            common[0].swap(common[1], value)
+        mediator = self._first_call(obj)
+        if mediator is not None:
+            mediator.swap(obj.__dict__[ENVOY_WRAPPER_ATTR].first, value)
             return
         running = self._fast(obj) if self._postprocess is None else None
         if running is None:

@@ -16,7 +16,7 @@ from ._backward import running_models
 from ._batching import batch_inputs
 from ._config import CONFIG
 from ._envoy import Envoy
-from ._hooks import lend_warm, lent_wrappers
+from ._hooks import WarmWrappers, lent_wrappers
 from ._interleaving import PointOrder, counting_forwards, recording_point_order
 from ._session import EditTracer, Session
 from ._tracebacks import drop_computation_frames
@@ -66,7 +66,7 @@ class NNsight(Envoy):
         # Per traced call site (its compiled body's code): the forward wrappers its
         # runs wore, lent again before the next run starts (see _interleave). The
         # wrappers refer to their Envoys weakly: no cycle through the root's own.
-        self._warm: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        self._warm: weakref.WeakKeyDictionary[Any, WarmWrappers] = weakref.WeakKeyDictionary()
         self._scheduler_choice = scheduler
         self._edits: list[EditTracer] = []
         self._original: NNsight | None = None  # what an edited copy was made from
@@ -222,7 +222,7 @@ class NNsight(Envoy):
                 # starts: its reads then find their wrapper in place, and no read
                 # hooks a module late (which would have to number its calls).
                 try:
-                    lend_warm(warm, interleaver)
+                    warm.lend(interleaver)
                 except BaseException:
                     interleaver.cancel()
                     raise
@@ -250,20 +250,14 @@ class NNsight(Envoy):
             root._interleaver = previous
         return output
 
-    def _remember_lent(self, site: Any, warm: list[Any] | None, interleaver: Interleaver) -> None:
-        """Add the wrappers this run wore to ``site``'s warm-up list.
-
-        A union over the site's runs, so a loop reading a different layer each
-        time warms them all; bounded by the model's modules. Ancestors come
-        before their descendants, as :func:`run_forward` lent them.
-        """
+    def _remember_lent(
+        self, site: Any, warm: WarmWrappers | None, interleaver: Interleaver
+    ) -> None:
+        """Add the wrappers this run wore to ``site``'s :class:`WarmWrappers`."""
         lent = lent_wrappers(interleaver)
         if not lent:
             return
         if warm is None:
-            warm = self._warm[site] = []
-        known = {id(wrapper) for wrapper in warm}
+            warm = self._warm[site] = WarmWrappers()
         for wrapper in lent:
-            if id(wrapper) not in known:
-                warm.append(wrapper)
-                known.add(id(wrapper))
+            warm.add(wrapper)

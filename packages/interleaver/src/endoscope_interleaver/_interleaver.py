@@ -390,6 +390,35 @@ class Interleaver:
         # Not inlined here: its locals would slow every call of an untouched provider.
         return self._serve_solo(mediator, provider, value)
 
+    def handle_counted(self, requester: str, value: Any) -> Any:
+        """:meth:`handle` with ``iterate=True``, after its counting, for a hook that
+        counts its provider's calls itself.
+
+        The hook does what ``handle`` does first, with one lookup less per call::
+
+            count = interleaver.calls.get(path, 0)
+            interleaver.calls[path] = count + 1
+            if path in interleaver.wanted:
+                value = interleaver.handle_counted(f"{path}.i{count}", value)
+
+        Args:
+            requester: the provider with its iteration suffix (``<path>.i<count>``).
+            value: the value computed at this point.
+
+        Returns:
+            The value to continue with, as :meth:`handle` does (same exceptions).
+        """
+        mediator = self._solo
+        if mediator is None or mediator._read != requester or self._provider is not None:
+            return self._serve(requester, value, None)
+        return self._serve_solo(mediator, requester, value)
+
+    @property
+    def wanted(self) -> Any:
+        """What mediators wait for: provider strings, with and without ``.iN``
+        (a container for ``in`` tests only; see :meth:`handle_counted`)."""
+        return self._wanted
+
     def _serve_solo(self, mediator: Mediator, provider: str, value: Any) -> Any:
         """The common case of :meth:`_serve`, in one frame.
 
