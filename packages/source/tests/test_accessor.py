@@ -260,6 +260,56 @@ def test_last_callee_keeps_no_instance_alive(no_gc: None) -> None:
     assert ref() is None
 
 
+class Bag(list):
+    """A list that weak references can follow."""
+
+
+def add_to(bag, x):
+    add = bag.append
+    add(x)
+    return len(bag)
+
+
+def test_last_callee_keeps_no_object_of_a_builtin_method_alive(no_gc: None) -> None:
+    bag = Bag()
+    acc = SourceAccessor(add_to)
+    with acc.watch(count=True):
+        assert acc(bag, 1) == 1
+        assert (acc.add_0.calls, acc.add_0.returns) == (1, 1)
+    assert acc.add_0.last_callee is None  # bag.append would hold the bag
+    ref = weakref.ref(bag)
+    del bag
+    assert ref() is None
+
+
+class Answering:
+    """A callable object that answers missing attributes in Python, as torch
+    modules do (and slowly: an exception raised per miss)."""
+
+    def __init__(self) -> None:
+        self.misses: list[str] = []
+
+    def __getattr__(self, name: str) -> None:
+        self.misses.append(name)
+        raise AttributeError(name)
+
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+
+def call_answering(obj, x):
+    return obj(x)
+
+
+def test_counting_a_call_looks_up_no_attribute_of_the_callee() -> None:
+    obj = Answering()
+    acc = SourceAccessor(call_answering)
+    with acc.watch(count=True):
+        assert acc(obj, 1) == 2
+    assert acc.obj_0.last_callee is obj
+    assert obj.misses == []
+
+
 def test_a_call_that_raises_is_counted_as_started_not_finished() -> None:
     acc = SourceAccessor(helper_then_boom)
     with acc.watch(count=True), pytest.raises(ValueError):

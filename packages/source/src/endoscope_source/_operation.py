@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from types import MethodType
+from types import BuiltinMethodType, MethodType, ModuleType
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from ._rewrite import CallSite
@@ -136,7 +136,9 @@ class OperationAccessor:
         returns: Calls of this site finished (after its post-hooks) since then.
         last_callee: What the site called the last time it was called while
             counted (see :meth:`SourceAccessor.watch`), before any hook replaced
-            it, a bound method as its function; ``None`` until then. Tells a
+            it, a bound method as its function; ``None`` until then and for a
+            builtin bound to an object (``tensor.view``: no source, and the
+            object is not kept alive). Tells a
             consumer which function a call of a local variable
             (``fn = pick(); fn(x)``) calls.
     """
@@ -255,9 +257,18 @@ class OperationAccessor:
         return self._hooked_call(fn, *args, **kwargs)
 
     def _counted_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        # A bound method's function only: its instance (often the object that
-        # owns this accessor) would otherwise be kept alive through a cycle.
-        self.last_callee = getattr(fn, "__func__", fn)
+        # Nothing that keeps the object called on alive: a bound method keeps its
+        # function (its instance is often the object that owns this accessor: a
+        # cycle); a builtin bound to an object (``tensor.view``) keeps nothing (no
+        # source to trace; the object may be large). Types are checked, not
+        # attributes: a torch module answers a missing one by raising in Python.
+        kind = type(fn)
+        if kind is MethodType:
+            self.last_callee = fn.__func__
+        elif kind is BuiltinMethodType and not isinstance(fn.__self__, _UNBOUND_OWNERS):
+            self.last_callee = None
+        else:
+            self.last_callee = fn
         self.calls += 1
         value = self._hooked_call(fn, *args, **kwargs) if self._hooked else fn(*args, **kwargs)
         self.returns += 1
@@ -380,3 +391,7 @@ class _Wrapped:
 
     def __repr__(self) -> str:
         return f"<operation {self.op.path} wrapping {self.fn!r}>"
+
+
+# What a builtin's __self__ is when it is not bound to an object (``abs``, ``torch.relu``).
+_UNBOUND_OWNERS = (ModuleType, type(None))
