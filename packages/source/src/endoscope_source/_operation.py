@@ -261,11 +261,11 @@ class OperationAccessor:
         # function (its instance is often the object that owns this accessor: a
         # cycle); a builtin bound to an object (``tensor.view``) keeps nothing (no
         # source to trace; the object may be large). Types are checked, not
-        # attributes: a torch module answers a missing one by raising in Python.
-        kind = type(fn)
-        if kind is MethodType:
+        # attributes: a torch module answers a missing one by raising in Python
+        # (neither type can be subclassed, so isinstance is the exact check).
+        if isinstance(fn, MethodType):
             self.last_callee = fn.__func__
-        elif kind is BuiltinMethodType and not isinstance(fn.__self__, _UNBOUND_OWNERS):
+        elif isinstance(fn, BuiltinMethodType) and not isinstance(fn.__self__, _UNBOUND_OWNERS):
             self.last_callee = None
         else:
             self.last_callee = fn
