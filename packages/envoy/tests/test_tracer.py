@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import linecache
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -393,3 +395,65 @@ def test_a_variable_of_the_enclosing_code_takes_an_earlier_invokes_value(net, x)
             out = model.output.save()
     clean = net.layers[0](net.embed(x[:1]))
     assert torch.allclose(out, net.head(net.layers[2](net.layers[1](clean))))
+
+
+def test_invokes_that_share_no_variable_switch_without_publishing(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        sharing = [].save()
+        with tracer.invoke(x[:1]):
+            mediator = tracer.interleaver.current
+            sharing.append((mediator.push is not None, mediator.pull is not None))
+            first = model.layers[1].output.save()
+        with tracer.invoke(x[1:2]):
+            mediator = tracer.interleaver.current
+            sharing.append((mediator.push is not None, mediator.pull is not None))
+            second = model.layers[1].output.save()
+    # `mediator` is assigned by both and read by both: shared both ways; only
+    # the second can pull (from the first).
+    assert sharing == [(True, False), (True, True)]
+    with model.trace() as tracer:
+        flags = [].save()
+        with tracer.invoke(x[:1]):
+            flags.append(tracer.interleaver.current.push)
+            first = model.layers[1].output.save()
+        with tracer.invoke(x[1:2]):
+            flags.append(tracer.interleaver.current.pull)
+            second = model.layers[1].output.save()
+    assert flags == [None, None]  # `first` and `second` are each one invoke's
+    h = net.layers[1](net.layers[0](net.embed(x[:2])))
+    assert torch.allclose(first, h[:1]) and torch.allclose(second, h[1:2])
+
+
+@pytest.mark.parametrize(
+    "bind",
+    [
+        "source = model.layers[1].output",
+        "for source in [model.layers[1].output]:\n    pass",
+        "[(source := model.layers[1].output) for _ in range(1)]",
+        "source, _ = model.layers[1].output, None",
+        "def source_of():\n    return hidden\nhidden = model.layers[1].output\n"
+        "source = source_of()",
+    ],
+)
+def test_every_way_of_binding_a_variable_is_shared_with_later_invokes(
+    net, x, bind: str, no_leftovers
+) -> None:
+    namespace = {"NNsight": NNsight, "net": net, "x": x}
+    source = (
+        "model = NNsight(net)\n"
+        "with model.trace() as tracer:\n"
+        "    with tracer.invoke(x[:1]):\n" + textwrap.indent(bind, " " * 8) + "\n"
+        # Still running when the next invoke reads `source`: what it bound must
+        # be published when it switched to the model, not only at its end.
+        "        model.layers[2].output\n"
+        "    with tracer.invoke(x[1:2]):\n"
+        "        target = model.layers[1].output\n"
+        "        target[:] = source\n"
+        "        patched = model.output.save()\n"
+    )
+    filename = f"<invoke sharing {abs(hash(bind))}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    clean = net.layers[1](net.layers[0](net.embed(x[:1])))
+    assert torch.allclose(namespace["patched"], net.head(net.layers[2](clean)))

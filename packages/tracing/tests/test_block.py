@@ -112,3 +112,73 @@ def test_future_annotations_of_the_caller_apply() -> None:
         "<future annotations>",
     )
     assert namespace["annotations_seen"] == {"x": "DoesNotExist", "return": "AlsoMissing"}
+
+
+def block_of(body: str):
+    """The CapturedBlock of ``with tracer:`` around ``body`` (not run)."""
+    source = "tracer = Tracer(backend=lambda tracer: None)\nwith tracer:\n" + textwrap.indent(
+        textwrap.dedent(body).strip("\n"), "    "
+    )
+    return run_registered(source + "\n", f"<block {hash(body)}>")["tracer"].info.block
+
+
+@pytest.mark.parametrize(
+    ("body", "bound"),
+    [
+        ("h = model.out", {"h"}),
+        ("a, (b, *c) = 1, (2, 3)", {"a", "b", "c"}),
+        ("n += 1", {"n"}),
+        ("for i, x in pairs:\n    pass", {"i", "x"}),
+        ("import os.path as p, sys\nfrom json import dumps", {"p", "sys", "dumps"}),
+        ("def f(q):\n    r = q\nclass K:\n    s = 1", {"f", "K"}),
+        ("def f():\n    global t\n    t = 1\ng = lambda: (u := 2)", {"f", "t", "g", "u"}),
+        ("try:\n    pass\nexcept Exception as e:\n    pass", {"e"}),
+        ("with open(f) as fh:\n    pass", {"fh"}),
+        ("if (w := 3):\n    pass", {"w"}),
+        ("del old", {"old"}),
+        (
+            "match v:\n    case [first, *rest]:\n        pass\n    case {**kw}:\n        pass",
+            {"first", "rest", "kw"},
+        ),
+        ("y = [z for z in range(3)]", {"y"}),
+        ("y = {k: v for k, v in d if (last := k)}", {"y", "last"}),
+        ("model.layer.output = h", set()),
+        ("items.append(model.out)", set()),
+    ],
+)
+def test_assigned_names_of_a_body(body: str, bound: set[str]) -> None:
+    block = block_of(body)
+    assert block.assigned == bound
+    assert not block.introspects
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "exec('x = 1')",
+        "eval('x')",
+        "d = globals()",
+        "vars()",
+        "from os import *",
+        "f(locals())",
+        "def f():\n    return locals()",
+        "y = [eval(z) for z in names]",
+    ],
+)
+def test_a_body_that_introspects_is_marked(body: str) -> None:
+    assert block_of(body).introspects
+
+
+def test_may_share_with() -> None:
+    writer = block_of("h = model.layer.output")
+    reader = block_of("model.layer.output = h")
+    unrelated = block_of("out = model.layer.output")
+    declares = block_of("global h\nprint(h)")
+    introspecting = block_of("print(eval('h'))")
+    assert writer.may_share_with(reader)
+    assert not reader.may_share_with(writer)  # it assigns nothing
+    assert not writer.may_share_with(unrelated)  # both mention `model`, only reads
+    assert not unrelated.may_share_with(writer)
+    assert writer.may_share_with(declares)
+    assert writer.may_share_with(introspecting)
+    assert introspecting.may_share_with(unrelated)

@@ -255,9 +255,15 @@ class InterleavingTracer(Tracer):
         for mediator, group in zip(mediators, groups):
             mediator.batch_group = group
         if len(mediators) > 1:
-            for invoker, mediator in zip(self.invokers, mediators):
-                mediator.push = self._switch_push(invoker)
-                mediator.pull = self._switch_pull(invoker)
+            for invoker, mediator, (push, pull) in zip(
+                self.invokers, mediators, _sharing(self.invokers)
+            ):
+                # Only invokes that share variables pay for sharing them on
+                # every switch (a read then takes the mediator's slower path).
+                if push:
+                    mediator.push = self._switch_push(invoker)
+                if pull:
+                    mediator.pull = self._switch_pull(invoker)
         if model._edits:
             # Edits run first: the trace's own code sees the edited values.
             mediators = [edit.mediator(i) for i, edit in enumerate(model._edits)] + mediators
@@ -355,6 +361,30 @@ class InterleavingTracer(Tracer):
                 write_locals(frame, stale)
 
         return pull
+
+
+def _sharing(invokers: list[Invoker]) -> list[tuple[bool, bool]]:
+    """Per invoke, whether it publishes its variables when it switches to the model
+    (another invoke may read one it assigns) and whether it takes earlier invokes'
+    values when it switches back (it may read one an earlier invoke assigns).
+
+    Judged from the bodies' text (:meth:`CapturedBlock.may_share_with`), erring
+    towards sharing.
+    """
+    blocks = [invoker.info.block if invoker.info is not None else None for invoker in invokers]
+    shares = []
+    for index, block in enumerate(blocks):
+        if block is None:
+            shares.append((True, True))
+            continue
+        push = any(
+            other is None or block.may_share_with(other)
+            for position, other in enumerate(blocks)
+            if position != index
+        )
+        pull = any(earlier is None or earlier.may_share_with(block) for earlier in blocks[:index])
+        shares.append((push, pull))
+    return shares
 
 
 def _forget_frame(tracer: Tracer) -> None:

@@ -171,6 +171,63 @@ def _names_in(nodes: list[ast.stmt]) -> tuple[dict[str, None], set[str], set[str
     return names, declared_global, declared_nonlocal
 
 
+# Calls that read or write variables by name at run time: which variables such a
+# body shares cannot be told from its text.
+_INTROSPECTION = frozenset({"exec", "eval", "globals", "locals", "vars", "__import__"})
+
+
+def _introspection(node: ast.AST) -> bool:
+    """A use of a name of :data:`_INTROSPECTION`, or a star import."""
+    if isinstance(node, ast.Name):
+        return node.id in _INTROSPECTION
+    return isinstance(node, ast.alias) and node.name == "*"
+
+
+_NESTED_SCOPES = (*_SCOPES, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _assigned_in(nodes: list[ast.stmt]) -> tuple[frozenset[str], bool]:
+    """Names the body may bind, and whether it introspects (uses a name of
+    :data:`_INTROSPECTION`, or a star import).
+
+    Bindings inside nested functions, classes and comprehensions are their own,
+    except what escapes them: the nested scope's name, ``:=`` targets and
+    names declared ``global`` or ``nonlocal`` (counted wherever they appear).
+    """
+    assigned: set[str] = set()
+    introspects = False
+    stack: list[ast.AST] = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _NESTED_SCOPES):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                assigned.add(node.name)
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.NamedExpr) and isinstance(inner.target, ast.Name):
+                    assigned.add(inner.target.id)
+                elif isinstance(inner, (ast.Global, ast.Nonlocal)):
+                    assigned.update(inner.names)
+                elif _introspection(inner):
+                    introspects = True
+            continue
+        if _introspection(node):
+            introspects = True
+        elif isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                assigned.add(node.id)
+        elif isinstance(node, ast.alias):
+            assigned.add(node.asname or node.name.split(".")[0])
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+            if node.name:
+                assigned.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            assigned.add(node.rest)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            assigned.update(node.names)
+        stack.extend(ast.iter_child_nodes(node))
+    return frozenset(assigned), introspects
+
+
 class _DropNonlocal(ast.NodeTransformer):
     """``nonlocal x`` in the body refers to the caller's variable, which is pulled."""
 
@@ -205,6 +262,14 @@ class CapturedBlock:
             local, cell or free variables (fixed per code object); ``None`` for
             module, class and ``exec`` frames, whose namespace is a dict.
         as_names: names bound by the ``as`` target, always pushed back.
+        assigned: names the body may bind (its ``as`` target included), erring
+            towards more: what nested functions, classes and comprehensions bind
+            is theirs, except names that escape them (``:=``, ``global``,
+            ``nonlocal``).
+        introspects: whether the body reads or writes variables by name at run
+            time (``exec``, ``eval``, ``globals``, ``locals``, ``vars``,
+            ``__import__``, a star import): then ``assigned`` and ``names`` do
+            not bound what it shares with other code.
     """
 
     filename: str
@@ -217,6 +282,8 @@ class CapturedBlock:
     code_name: str
     qualname: str
     future_flags: int
+    assigned: frozenset[str]
+    introspects: bool
     _body: list[ast.stmt] = field(repr=False)
     _globals_declared: frozenset[str] = field(repr=False)
     _compiled: dict[tuple[str, ...], CodeType] = field(default_factory=dict, repr=False)
@@ -257,9 +324,9 @@ class CapturedBlock:
         body = function.body
         _Checker(filename).visit(ast.Module(body=body, type_ignores=[]))
         as_targets = [item.optional_vars for item in node.items[-1:] if item.optional_vars]
-        names, declared_global, _ = _names_in(
-            [*body, *(ast.Expr(value=target) for target in as_targets)]
-        )
+        scanned = [*body, *(ast.Expr(value=target) for target in as_targets)]
+        names, declared_global, _ = _names_in(scanned)
+        assigned, introspects = _assigned_in(scanned)
         # Only a plain name is bound outside the body; other targets (attributes,
         # tuples) are assigned by the body's first statement.
         as_names = [t.id for t in as_targets if isinstance(t, ast.Name)]
@@ -293,8 +360,25 @@ class CapturedBlock:
             code_name=code.co_name,
             qualname=getattr(code, "co_qualname", code.co_name),
             future_flags=code.co_flags & _FUTURE_FLAGS,
+            assigned=assigned,
+            introspects=introspects,
             _body=body,
             _globals_declared=frozenset(declared_global),
+        )
+
+    def may_share_with(self, reader: CapturedBlock) -> bool:
+        """Whether ``reader``'s body may read a variable this body assigns.
+
+        Judged from the text, erring towards ``True``: a name this body may bind
+        that ``reader`` mentions (or declares ``global``), or either body
+        introspects. Code that runs bodies side by side (endoscope-envoy's
+        invokes) shares variables between them only when this says so.
+        """
+        if self.introspects or reader.introspects:
+            return True
+        assigned = self.assigned
+        return not (
+            assigned.isdisjoint(reader.names) and assigned.isdisjoint(reader._globals_declared)
         )
 
     def pulled_names(self, namespace: Mapping[str, Any]) -> tuple[str, ...]:
