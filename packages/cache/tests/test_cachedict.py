@@ -92,6 +92,11 @@ def test_unknown_names_raise_attribute_error_with_the_nearest_paths(run) -> None
     assert not hasattr(d.model, "nothing_like_it")
     with pytest.raises(AttributeError, match="cached names under 'model'"):
         _ = d.model.qqqqqqqqqqqq
+    # Python's printers (3.12+, 3.11 uncaught) suggest from dir(error.obj) unless
+    # it offers nothing: the message's own nearest paths are not repeated.
+    with pytest.raises(AttributeError) as info:
+        _ = d.model.transformr
+    assert info.value.name == "transformr" and dir(info.value.obj) == []
 
 
 def test_unknown_keys_raise_key_error_with_the_nearest_paths(run) -> None:

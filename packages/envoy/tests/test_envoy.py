@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import traceback
+
 import pytest
 import torch
 
@@ -54,6 +58,34 @@ def test_typo_lists_nearest_names(net) -> None:
         model.layer
     with pytest.raises(AttributeError, match="Its child modules are: fc, act"):
         model.get("layers.0.nope")
+
+
+def test_a_typo_is_suggested_once_by_any_printer(net) -> None:
+    model = NNsight(net)
+    with pytest.raises(AttributeError) as caught:
+        model.layer
+    error = caught.value
+    assert error.name == "layer"
+    # Python's printers (3.12+, and 3.11's uncaught-error printer) add their own
+    # "Did you mean" from dir(error.obj): nothing to offer, so none is added.
+    assert dir(error.obj) == []
+    printed = "".join(traceback.format_exception_only(type(error), error))
+    assert printed.count("Did you mean") == 1
+    # Uncaught, as a user sees it: `modulez` is close to the Envoy method
+    # `modules`, which Python's printer would suggest a second time.
+    script = (
+        "import torch\n"
+        "from endoscope_envoy import NNsight\n"
+        "NNsight(torch.nn.Sequential(torch.nn.Linear(1, 1))).modulez\n"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    ).stderr
+    assert "has no module or attribute 'modulez'. Did you mean 'modules'" in printed
+    assert printed.count("Did you mean") == 1, printed
+    with pytest.raises(AttributeError) as caught:
+        model.source.nope
+    assert dir(caught.value.obj) == []
 
 
 def test_index_out_of_range(net) -> None:

@@ -22,6 +22,18 @@ def _strip(name: str) -> str:
     return name.strip().strip(".")
 
 
+class _Suggested:
+    """An AttributeError's ``obj`` with no attributes to suggest (see __getattr__)."""
+
+    __slots__ = ()
+
+    def __dir__(self) -> list[str]:
+        return []
+
+
+_SUGGESTED = _Suggested()
+
+
 class _Names:
     """Module-path aliases: ``rename`` maps real fragments to aliases, ``alias`` the reverse.
 
@@ -294,7 +306,10 @@ class CacheDict(dict[str, Any]):
         real = self._names.to_real(full)
         if real != full and root._has(real):
             return root._view(real)
-        raise AttributeError(self._unknown(name, full))
+        # The message names the nearest paths: an obj with nothing in dir() keeps
+        # Python's printer (3.12+, 3.11 uncaught) from adding a "Did you mean" of
+        # its own, from this dict's __dir__.
+        raise AttributeError(self._unknown(name, full), name=name, obj=_SUGGESTED)
 
     def __dir__(self) -> Iterable[str]:
         names = [name for name in self._children() if name.isidentifier()]

@@ -23,6 +23,7 @@ from endoscope_interleaver import Interleaver
 
 from ._hooks import requires_inputs, requires_output, skip_module
 from ._module_values import ModuleValue
+from ._suggestions import attribute_error
 
 if TYPE_CHECKING:
     from ._nnsight import NNsight
@@ -108,7 +109,7 @@ class Envoy:
             return getattr(module, name)
         except AttributeError:
             pass
-        raise AttributeError(self._missing(name)) from None
+        raise attribute_error(self._missing(name), name) from None
 
     def _missing(self, name: str) -> str:
         candidates = [*self._children, *self._aliases]

@@ -30,6 +30,7 @@ from endoscope_source import (
 )
 
 from ._hooks import _Removable, ensure_forward_wrapper
+from ._suggestions import attribute_error
 
 if TYPE_CHECKING:
     from ._envoy import Envoy
@@ -85,7 +86,9 @@ class SourceEnvoy:
                 op = self._accessor[name]
             except (KeyError, AttributeError) as error:
                 message = error.args[0] if error.args else name
-                raise AttributeError(f"{self.path} has no operation {name!r}: {message}") from None
+                raise attribute_error(
+                    f"{self.path} has no operation {name!r}: {message}", name
+                ) from None
             envoy = operations[name] = OperationEnvoy(self._owner, op, self)
         return envoy
 
