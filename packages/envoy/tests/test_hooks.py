@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from endoscope_envoy import NNsight, save
+from endoscope_envoy import NNsight, NotInTraceError, save, serve_module
 
 
 def wrapped(net: torch.nn.Module) -> list[str]:
@@ -155,3 +156,15 @@ def test_a_module_with_its_own_instance_forward_stays_warm(net, x, no_leftovers)
         assert torch.equal(layer(torch.ones(1, 8)), own(torch.ones(1, 8)) + 1)
     finally:
         del layer.forward
+
+
+def test_serve_module_wraps_a_module_before_any_read(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        serve_module(model.layers[2], ancestors=False)
+        at_start = save(wrapped(net))
+        out = model.layers[2].output.save()
+    assert at_start == ["layers.2"]
+    assert torch.equal(out, expected_block(net, x, 2))
+    with pytest.raises(NotInTraceError, match="outside a trace"):
+        serve_module(model.layers[2])

@@ -22,8 +22,10 @@ from endoscope_envoy import (
     ScanTracer,
     batch_inputs,
     register_internal_module,
+    serve_module,
 )
 
+from ._generator import GENERATOR_NAME, Generator, GeneratorEnvoy, streamer_for
 from ._inputs import encode_input, pad_invokes, split_input_kwargs, with_positions
 from ._loading import (
     automodel_class,
@@ -39,7 +41,14 @@ __all__ = ["LanguageModel"]
 # The frames of LanguageModel and of the modules it runs during a trace are
 # endoscope's own: hidden from tracebacks, never taken for the user's line. Not
 # the whole package: _main_job opens traces as a user does.
-for _module in ("_decorators", "_inputs", "_language_model", "_loading", "_rebinding"):
+for _module in (
+    "_decorators",
+    "_generator",
+    "_inputs",
+    "_language_model",
+    "_loading",
+    "_rebinding",
+):
     register_internal_module(f"{__package__}.{_module}")
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
@@ -133,6 +142,23 @@ class LanguageModel(NNsight):
         self.tokenizer = self._resolve_tokenizer(tokenizer, module, dict(tokenizer_kwargs or {}))
         self._takes_positions = "position_ids" in inspect.signature(module.forward).parameters
         super().__init__(module, rename=rename, envoys=envoys, scheduler=scheduler)
+        # generate()'s ids and streamed tokens pass through these (see _generator).
+        self._generator = Generator()
+        self._generator_envoy = GeneratorEnvoy(
+            self._generator, path=f"{self.path}.{GENERATOR_NAME}", root=self, parent=self
+        )
+
+    @property
+    def generator(self) -> Envoy:
+        """``generate``'s ids (``.output``, deprecated: use ``tracer.result``) and the
+        tokens of each step (``.streamer.output``); see :mod:`endoscope._generator`.
+
+        Not one of the model's modules: the Envoy tree, ``print(lm)`` and
+        ``named_modules()`` mirror the model alone. A model with a child of its
+        own named ``generator`` keeps it here instead.
+        """
+        own = self._children.get(GENERATOR_NAME)
+        return own if own is not None else self._generator_envoy
 
     # ------------------------------------------------------------ loading
 
@@ -313,4 +339,17 @@ class LanguageModel(NNsight):
         ):
             # Without one, transformers warns whenever a row ends before the others.
             kwargs["pad_token_id"] = self._pad_token_id()
-        return module.generate(*args, **kwargs)
+        if GENERATOR_NAME in self._children:
+            return module.generate(*args, **kwargs)  # the model's own `generator` wins
+        generator = self._generator
+        envoy = self._generator_envoy
+        # Served from their first call: the streamer gets the prompt before the
+        # first forward, so a hook put on it by a later read would number its
+        # calls from the wrong one.
+        serve_module(envoy, ancestors=False)
+        serve_module(envoy.streamer, ancestors=False)
+        streamer = streamer_for(generator, module, kwargs)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        # Through the generator, whose .output may read or replace the ids.
+        return generator(module.generate(*args, **kwargs))

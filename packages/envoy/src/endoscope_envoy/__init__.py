@@ -16,7 +16,7 @@ from ._backward import BackwardTracer, mount_backward, unmount_backward
 from ._batching import BatchingError, TorchBatcher, batch_inputs
 from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
-from ._hooks import requires_inputs, requires_output
+from ._hooks import requires_inputs, requires_output, serve_module
 from ._nnsight import NNsight
 from ._saving import mount_save, save, unmount_save
 from ._scan import ScanTracer, TensorSpec
@@ -58,6 +58,7 @@ __all__ = [
     "requires_inputs",
     "requires_output",
     "save",
+    "serve_module",
     "unmount_backward",
     "unmount_save",
 ]

@@ -57,6 +57,7 @@ __all__ = [
     "requires_inputs",
     "requires_output",
     "run_forward",
+    "serve_module",
     "skip_module",
 ]
 
@@ -397,6 +398,23 @@ def run_forward(
         wrapper = _installed(module, interleaver)  # a one-run wrapper (see _install)
         assert wrapper is not None
     return wrapper
+
+
+def serve_module(envoy: Envoy, *, ancestors: bool = True) -> None:
+    """Make ``envoy``'s module feed the running trace from its next call on.
+
+    Reads install this on demand; a caller that knows a module runs before any
+    read could ask for it (and that a late hook would then number its calls from
+    the wrong one) installs it up front, before the computation reaches it.
+
+    Args:
+        envoy: whose module to serve; its model must be running a trace.
+        ancestors: also serve the ancestors' outputs (what a read does).
+
+    Raises:
+        NotInTraceError: no trace of the model is running.
+    """
+    run_forward(envoy, envoy.interleaver, ancestors=ancestors)
 
 
 def lend_early(envoy: Envoy, interleaver: Interleaver) -> _Forward | None:
