@@ -101,6 +101,19 @@ def test_to_and_device(net) -> None:
     assert NNsight(torch.nn.ReLU()).device == torch.device("cpu")
 
 
+def test_cpu_devices_parent_and_root(net) -> None:
+    model = NNsight(net)
+    assert model.layers[0].cpu() is model.layers[0]
+    assert model.devices == {torch.device("cpu")}
+    assert NNsight(torch.nn.ReLU()).devices == set()
+    if torch.cuda.is_available():  # pragma: no cover - no GPU on the test machines
+        assert model.cuda() is model and model.devices == {torch.device("cuda", 0)}
+    fc = model.layers[1].fc
+    assert fc.parent is model.layers[1] and fc.parent.parent is model.layers
+    assert model.parent is None
+    assert fc.root is model and model.root is model
+
+
 def test_rename_component_path_and_list(net) -> None:
     model = NNsight(net, rename={"fc": "dense", "layers.1": ["middle", "center"]})
     assert model.layers[0].dense is model.layers[0].fc

@@ -320,3 +320,29 @@ def test_reading_a_module_before_an_unbounded_loop(rnn, h0) -> None:
     expected, _ = cell_outputs(rnn, h0)
     assert torch.equal(first, expected[0])
     assert all(torch.equal(a, b) for a, b in zip(states, expected, strict=True))
+
+
+def test_the_deprecated_model_iter_and_all_are_the_tracers(rnn, h0) -> None:
+    model = NNsight(rnn)
+    expected, _ = cell_outputs(rnn, h0)
+    with pytest.warns(DeprecationWarning, match="use tracer.iter"):
+        with model.trace(h0):
+            chosen = []
+            for step in model.iter[1:3]:
+                chosen.append((step, model.cell.output))
+            chosen = chosen.save()
+    assert [step for step, _ in chosen] == [1, 2]
+    assert all(torch.equal(value, expected[step]) for step, value in chosen)
+    with pytest.warns(DeprecationWarning, match=r"use tracer.all\(\)"):
+        with model.trace(h0):
+            states = []
+            for _ in model.cell.all():
+                states.append(model.cell.output)
+            states = states.save()
+            after = torch.tensor(len(states)).save()
+    assert int(after) == rnn.steps
+    assert all(torch.equal(a, b) for a, b in zip(states, expected, strict=True))
+    with pytest.raises(RuntimeError, match=r"model.cell.all\(\) can only be used inside"):
+        with model.trace(h0):
+            pass
+        model.cell.all()

@@ -13,6 +13,7 @@ left alone.
 from __future__ import annotations
 
 import difflib
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -214,6 +215,16 @@ class Envoy:
         self._module.to(*args, **kwargs)
         return self
 
+    def cpu(self) -> Envoy:
+        """Move the module to the CPU (``module.cpu()``) and return this Envoy."""
+        self._module.cpu()
+        return self
+
+    def cuda(self, device: Any = None) -> Envoy:
+        """Move the module to a GPU (``module.cuda(device)``) and return this Envoy."""
+        self._module.cuda(device)
+        return self
+
     @property
     def device(self) -> torch.device:
         """The device of the module's first parameter or buffer (CPU if it has none)."""
@@ -222,6 +233,23 @@ class Envoy:
         for buffer in self._module.buffers():
             return buffer.device
         return torch.device("cpu")
+
+    @property
+    def devices(self) -> set[torch.device]:
+        """Every device the module's parameters and buffers are on (a model split
+        over devices has several; a module with neither has none)."""
+        tensors = [*self._module.parameters(), *self._module.buffers()]
+        return {tensor.device for tensor in tensors}
+
+    @property
+    def parent(self) -> Envoy | None:
+        """The Envoy whose child this one is (``None`` for the model's own)."""
+        return self._parent
+
+    @property
+    def root(self) -> NNsight:
+        """The model's Envoy, at the top of the tree."""
+        return self._root
 
     # ------------------------------------------------------- interleaving
 
@@ -296,6 +324,32 @@ class Envoy:
         for point in (f"{self.path}.output", f"{self.path}.input"):
             tracker[point] += step
         return self
+
+    @property
+    def iter(self) -> Any:
+        """Deprecated, as in nnsight 0.8.1: ``tracer.iter`` (this is the running
+        trace's)."""
+        warnings.warn(
+            "model.iter is deprecated; use tracer.iter instead.", DeprecationWarning, stacklevel=2
+        )
+        return self._running_tracer("iter").iter
+
+    def all(self) -> Any:
+        """Deprecated, as in nnsight 0.8.1: ``tracer.all()`` (the running trace's)."""
+        warnings.warn(
+            "model.all() is deprecated; use tracer.all() instead.", DeprecationWarning, stacklevel=2
+        )
+        return self._running_tracer("all()").all()
+
+    def _running_tracer(self, what: str) -> Any:
+        interleaver = self._root._interleaver
+        tracer = interleaver.tracer if interleaver is not None else None
+        if interleaver is None or interleaver.current is None or tracer is None:
+            raise NotInTraceError(
+                f"{self.path}.{what} can only be used inside the trace's code (it steps "
+                f"through the running trace: write tracer.{what} there)."
+            )
+        return tracer
 
     def skip(self, value: Any) -> None:
         """Do not run this module in the trace; use ``value`` as its output."""
