@@ -46,6 +46,13 @@ reports medians. ``overhead`` is a variant's median minus the plain forward's
 median; ``endo/hooks`` and ``endo/nnsight`` divide endoscope's overhead by the
 other's.
 
+With ``greenlet`` installed, a *floor* is measured too for saves, in-place edits
+and replacements: the same reads and writes by a hand-written interleaving (one
+reused greenlet runs the intervention, the points' forwards are wrapped for the
+call; no with-block capture, no checks, no bookkeeping), i.e. what running user
+code beside the forward costs at least. With ``--compare``, the floor table also
+shows how much of half the other library's overhead is left above the floor.
+
 ``--compare nnsight`` runs the same scenarios with ``nnsight.NNsight`` in the same
 process and rounds when nnsight is importable (target: endoscope's overhead at most
 half of nnsight 0.8.1's). Both libraries are called with their function form of
@@ -372,6 +379,77 @@ def hooks_source(module: torch.nn.Module, x: Any, targets: list[Any]) -> Any:
     return hooks_saves(module, x, targets)[0][0]
 
 
+# ------------------------------------------------------------------- floor
+# What any library that runs the user's code beside the forward must pay at least:
+# the same reads and writes done by a hand-written interleaving, with nothing else.
+# One greenlet (reused, as endoscope pools them) runs the intervention; each point's
+# forward is wrapped for the call (an instance attribute, as endoscope does) and
+# switches to it with the output. No with-block capture, no checks, no bookkeeping:
+# no usable library is this cheap, which is what makes it a floor.
+
+
+class Floor:
+    """Hand-written interleavings of the point scenarios (see above)."""
+
+    def __init__(self) -> None:
+        import greenlet
+
+        self._greenlet = greenlet
+        self._worker = greenlet.greenlet(self._serve_jobs)
+        self._worker.switch()  # parked, waiting for the first job
+
+    def _serve_jobs(self) -> None:
+        job = self._worker.parent.switch()
+        while True:
+            job = self._worker.parent.switch(job())
+
+    def run(
+        self, module: torch.nn.Module, x: Any, targets: list[Any], kind: str
+    ) -> tuple[list[Any], Any]:
+        """``kind``: ``"saves"``, ``"edits"`` or ``"replacements"``; returns
+        ``(saved values, model output)``."""
+        main = self._greenlet.getcurrent()
+        saved: list[Any] = []
+
+        def intervention() -> tuple[None, Any]:
+            reply = None
+            for target in targets:
+                out = main.switch((target, reply))  # wait for the target's output
+                if kind == "saves":
+                    saved.append(out)
+                    reply = out
+                elif kind == "edits":
+                    out[..., 0] = 0
+                    reply = out
+                else:
+                    reply = out * 2
+            return None, reply
+
+        wanted = [self._worker.switch(intervention)[0]]
+        worker = self._worker
+
+        def wrap(target: Any, original: Any) -> Callable[..., Any]:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                out = original(*args, **kwargs)
+                if wanted[0] is target:
+                    wanted[0], out = worker.switch(out)
+                return out
+
+            return forward
+
+        for target in targets:
+            target.__dict__["forward"] = wrap(target, target.forward)
+        try:
+            out = module(*x)
+        finally:
+            for target in targets:
+                target.__dict__.pop("forward", None)
+        return saved, out
+
+
+FLOOR_KINDS = {"12 saves": "saves", "12 in-place edits": "edits", "12 replacements": "replacements"}
+
+
 # ----------------------------------------------------------------- checking
 
 
@@ -530,6 +608,24 @@ def build_variants(subject: Subject, libraries: list[Library]) -> list[Variant]:
         Variant("edited model's trace", "hooks", lambda: hooks_edited(base, x, targets[6])),
     ]
 
+    try:
+        floor: Floor | None = Floor()
+    except ImportError:
+        floor = None  # greenlet is not installed: no floor to show
+    if floor is not None:
+        floor_module = copy.deepcopy(base)
+        floor_targets = [floor_module.get_submodule(p) for p in subject.points]
+        for scenario, kind in FLOOR_KINDS.items():
+            run = _floor_run(floor, floor_module, x, floor_targets, kind)
+            saved, out = run()
+            if scenario == "12 saves":
+                expected = reference[scenario][0]
+                ok = all(_same(a, b) for a, b in zip(saved, expected, strict=True))
+            else:
+                ok = _same(_main(out), reference[scenario])
+            _expect(ok, f"floor: {scenario} differs from the hooks' result")
+            variants.append(Variant(scenario, "floor", run))
+
     for library in libraries:
         module = copy.deepcopy(base)
         try:
@@ -567,6 +663,15 @@ def build_variants(subject: Subject, libraries: list[Library]) -> list[Variant]:
                 variant.status, variant.message = "error", _error_text(error)
             variants.append(variant)
     return variants
+
+
+def _floor_run(
+    floor: Floor, module: torch.nn.Module, x: Any, targets: list[Any], kind: str
+) -> Callable[[], Any]:
+    def run() -> Any:
+        return floor.run(module, x, targets, kind)
+
+    return run
 
 
 def _bind(fn: Callable[..., Any], model: Any, x: Any, arg: Any, save: Callable) -> Callable:
@@ -716,6 +821,31 @@ def report(subject: Subject, variants: list[Variant], libraries: list[Library]) 
         print()
         for i, note in enumerate(notes, 1):
             print(f"[{i}] {note}")
+    floors = [(s, overhead(by_key.get((s, "floor")))) for s in FLOOR_KINDS]
+    if any(value is not None for _, value in floors):
+        print(
+            "\nFloor: the same reads and writes by a hand-written interleaving (one reused "
+            "greenlet, the points' forwards wrapped; no capture, no checks)"
+            + (
+                ", and what a target of half another library's overhead leaves above it "
+                "for everything else a library does (capture, bookkeeping, checks):\n"
+                if compare
+                else ":\n"
+            )
+        )
+        header = ["scenario", "floor overhead us", "endoscope overhead us"]
+        for name in compare:
+            header += [f"half of {name}'s us", "room above the floor us"]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+        for scenario, value in floors:
+            row = [scenario, _fmt(value), _fmt(overhead(by_key.get((scenario, "endoscope"))))]
+            for name in compare:
+                other = overhead(by_key.get((scenario, name)))
+                half = other / 2 if other is not None else None
+                room = half - value if half is not None and value is not None else None
+                row += [_fmt(half), _fmt(room)]
+            print("| " + " | ".join(row) + " |")
     for name in compare:
         ratios = [
             (s, overhead(by_key.get((s, "endoscope"))), overhead(by_key.get((s, name))))
