@@ -86,6 +86,18 @@ def test_all_reads_every_step_and_the_code_after_runs(lm, gpt2, tokenizer):
     assert torch.equal(after_loop, torch.ones(1))
 
 
+def test_the_result_is_readable_after_an_unbounded_loop(lm, gpt2, tokenizer):
+    with lm.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        logits = [].save()
+        for _ in tracer.iter[:]:
+            logits.append(lm.lm_head.output[:, -1])
+        tokens = tracer.result.save()  # served after the loop ran out
+    expected = plain_generate(gpt2, tokenizer, PROMPT)
+    assert len(logits) == STEPS
+    assert all(torch.equal(got, want) for got, want in zip(logits, expected.logits))
+    assert torch.equal(tokens, expected.sequences)
+
+
 def test_next_moves_to_the_following_step(lm, gpt2, tokenizer):
     with lm.generate(PROMPT, max_new_tokens=STEPS) as tracer:
         first = lm.lm_head.output[:, -1].save()

@@ -343,6 +343,24 @@ def test_the_deprecated_model_iter_and_all_are_the_tracers(rnn, h0) -> None:
     assert int(after) == rnn.steps
     assert all(torch.equal(a, b) for a, b in zip(states, expected, strict=True))
     with pytest.raises(RuntimeError, match=r"model.cell.all\(\) can only be used inside"):
-        with model.trace(h0):
-            pass
-        model.cell.all()
+        with pytest.warns(DeprecationWarning):
+            model.cell.all()
+
+
+def test_the_result_is_readable_after_an_unbounded_loop(rnn, h0) -> None:
+    model = NNsight(rnn)
+    with model.trace(h0) as tracer:
+        states = []
+        for _ in tracer.iter[:]:
+            states.append(model.cell.output)
+        states = states.save()
+        result = tracer.result.save()
+    expected, out = cell_outputs(rnn, h0)
+    assert len(states) == rnn.steps
+    assert torch.equal(result, out)
+    # What the model computed after the loop's last step stays out of reach.
+    with pytest.raises(MissedProviderError, match=r"readout.output(.|\n)*\(tracer.result can\)"):
+        with model.trace(h0) as tracer:
+            for _ in tracer.all():
+                model.cell.output.save()
+            model.readout.output.save()

@@ -806,3 +806,40 @@ def test_no_reference_cycle_survives_a_run(scheduler: Scheduler) -> None:
     finally:
         gc.enable()
     assert got == [1]
+
+
+def test_miss_raises_what_the_intervention_does_not_catch(scheduler: Scheduler) -> None:
+    def intervention() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        mediator.request("never.i0")
+
+    interleaver = Interleaver([Mediator(intervention)], scheduler=scheduler)
+    with pytest.raises(MissedProviderError, match="never.i0") as caught:
+        with interleaver:
+            assert interleaver.handle("first", 1, iterate=True) == 1
+            interleaver.miss(interleaver.mediators[0])
+    assert 'in intervention\n    mediator.request("never.i0")' in str(caught.value)
+    assert interleaver.mediators[0].alive is False
+
+
+def test_miss_lets_the_intervention_go_on_to_a_value_still_coming(scheduler: Scheduler) -> None:
+    seen: list[Any] = []
+
+    def intervention() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        try:
+            mediator.request("never.i0")
+        except MissedProviderError:
+            seen.append("missed")
+        seen.append(mediator.request("later.i0"))
+
+    interleaver = Interleaver([Mediator(intervention)], scheduler=scheduler)
+    with interleaver:
+        interleaver.miss(interleaver.mediators[0])
+        assert interleaver.handle("later", 7, iterate=True) == 7
+    assert seen == ["missed", 7]
+    idle = Interleaver([Mediator(lambda: None)], scheduler=scheduler)
+    with idle:
+        idle.miss(idle.mediators[0])  # finished, not waiting: nothing to do

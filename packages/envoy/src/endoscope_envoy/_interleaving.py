@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from endoscope_interleaver import Interleaver, Mediator, MissedProviderError
+from endoscope_interleaver import Interleaver, Mediator, MissedProviderError, OutOfOrderError
 
-from ._iteration import IterationLoop, ended_loop_error, iteration_of
+from ._iteration import IterationLoop, ended_loop_error, iteration_of, waiting_loop
 
 if TYPE_CHECKING:
     from ._nnsight import NNsight
@@ -122,15 +122,35 @@ class EnvoyInterleaver(Interleaver):
                 if gone:
                     return self.out_of_order_error(requester, asked_at)
         error = super().missed_error(requester, asked_at, mediator)
+        self._explain_ended_loop(error, mediator)
+        return error
+
+    def out_of_order_error(
+        self, requester: str, provider: str | None, mediator: Mediator | None = None
+    ) -> OutOfOrderError:
+        error = super().out_of_order_error(requester, provider, mediator)
+        self._explain_ended_loop(error, mediator)
+        return error
+
+    def _explain_ended_loop(self, error: MissedProviderError, mediator: Mediator | None) -> None:
+        """A request after an unbounded loop that ended: say that the loop is why."""
         loop = self.ended_loops.get(id(mediator))
         if loop is not None:
             error.hint = (
                 f"{loop.describe()} before this line ran until the computation ended, so "
-                "nothing after it can be read in the same invoke. Read later values in "
-                "another invoke of this trace (`with tracer.invoke():` sees the whole "
-                "batch), or bound the loop."
+                "nothing the model computed after it can be read in the same invoke "
+                "(tracer.result can). Read later values in another invoke of this trace "
+                "(`with tracer.invoke():` sees the whole batch), or bound the loop."
             )
-        return error
+
+    def end_unbounded_loops(self) -> None:
+        """The model's run returned: end every unbounded ``tracer.iter`` loop waiting
+        for a step that will not come, so the code after it runs while values still
+        to be provided (``tracer.result``) can be read."""
+        for mediator in list(self._live):
+            requester = mediator.waiting
+            if requester is not None and waiting_loop(self.open_loops, mediator, requester):
+                self.miss(mediator)
 
     def iterate_requester(self, requester: str) -> str:
         self.requests += 1

@@ -34,6 +34,7 @@ __all__ = [
     "end_loops_gracefully",
     "iteration_of",
     "loop_ended",
+    "waiting_loop",
 ]
 
 _LOOP_PREFIX = "__endoscope_loop_"
@@ -200,11 +201,11 @@ def loop_ended(loop: Any, error: BaseException) -> bool:
     return isinstance(error, IterationEnded) and error.loop is loop
 
 
-def ended_loop_error(
+def waiting_loop(
     open_loops: dict[int, list[IterationLoop]], mediator: Mediator | None, requester: str
-) -> IterationEnded | None:
-    """The error that ends ``mediator``'s innermost unbounded loop, if ``requester``
-    is that loop's current step and at least one step completed."""
+) -> IterationLoop | None:
+    """``mediator``'s innermost loop if it is unbounded, at least one of its steps
+    completed and ``requester`` is its current step (a step that may never come)."""
     if mediator is None:
         return None
     stack = open_loops.get(id(mediator))
@@ -212,9 +213,20 @@ def ended_loop_error(
         return None
     loop = stack[-1]
     if loop.unbounded and loop.step > loop.start and iteration_of(requester) == loop.step:
-        loop.ended = True
-        return IterationEnded(loop, requester)
+        return loop
     return None
+
+
+def ended_loop_error(
+    open_loops: dict[int, list[IterationLoop]], mediator: Mediator | None, requester: str
+) -> IterationEnded | None:
+    """The error that ends ``mediator``'s innermost unbounded loop, if ``requester``
+    is that loop's current step and at least one step completed."""
+    loop = waiting_loop(open_loops, mediator, requester)
+    if loop is None:
+        return None
+    loop.ended = True
+    return IterationEnded(loop, requester)
 
 
 # ------------------------------------------------------------- loop rewriting

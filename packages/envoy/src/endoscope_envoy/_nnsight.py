@@ -235,6 +235,8 @@ class NNsight(Envoy):
                         output = run(*args, **kwargs)
                 else:
                     output = run(*args, **kwargs)
+                # Unbounded loops end with the run, before its result is served.
+                interleaver.end_unbounded_loops()
                 output = tracer._provide_result(output)
                 if site is not None and interleaver.lent_late:
                     self._remember_lent(site, warm, interleaver)

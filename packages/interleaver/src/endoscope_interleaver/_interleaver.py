@@ -659,7 +659,7 @@ class Interleaver:
         if requester in self._history or (
             split is not None and self.calls.get(split[0], 0) > split[1]
         ):
-            return self.out_of_order_error(requester, provider)
+            return self.out_of_order_error(requester, provider, mediator)
         mediator.waiting = requester
         mediator._read = requester if read else None
         mediator.asked_at = provider
@@ -693,6 +693,28 @@ class Interleaver:
             self._find_solo()
         mediator.remove_hooks()
 
+    def miss(self, mediator: Mediator) -> None:
+        """Answer ``mediator``'s pending request now as missed, and run it on.
+
+        For a caller that knows before the run ends that the computation will not
+        provide what a mediator waits for: the intervention gets
+        :meth:`missed_error`'s error at its line, as it would when the run ends,
+        and runs to its next request (which may still be served in this run).
+        Does nothing for a mediator that is not waiting.
+
+        Raises:
+            BaseException: whatever the intervention raised after that.
+        """
+        requester = mediator.waiting
+        if requester is None or not mediator.alive or mediator.interleaver is not self:
+            return
+        asked_at = mediator.asked_at
+        self._unwait(mediator)
+        signal: Signal | None = Signal(self.missed_error(requester, asked_at, mediator))
+        mediator.respond(signal)
+        signal = None  # the error's traceback will hold the intervention's frames: no cycle
+        mediator._process(self._provider)
+
     def missed_error(
         self, requester: str, asked_at: str | None, mediator: Mediator | None = None
     ) -> MissedProviderError:
@@ -722,8 +744,13 @@ class Interleaver:
             "the iteration exist? did stop() end the run first?).",
         )
 
-    def out_of_order_error(self, requester: str, provider: str | None) -> OutOfOrderError:
-        """The error for a request of a point the computation already passed."""
+    def out_of_order_error(
+        self, requester: str, provider: str | None, mediator: Mediator | None = None
+    ) -> OutOfOrderError:
+        """The error for a request of a point the computation already passed.
+
+        An extension point like :meth:`missed_error` (``mediator``: whose request
+        it was, when known)."""
         now = f"it is now at {provider}" if provider is not None else "it has finished"
         return OutOfOrderError(
             requester,
