@@ -239,3 +239,37 @@ def test_rows_ending_at_different_steps_are_padded_without_warnings(
     count = alone.sequences.shape[1] - len(tokenizer(PROMPTS[1])["input_ids"])
     assert torch.equal(new[1, :count], alone.sequences[0, -count:])
     assert new[1, count:].eq(tokenizer.eos_token_id).all()
+
+
+def test_generate_called_without_a_with_statement_generates_at_once(lm, gpt2, tokenizer):
+    expected = plain_generate(gpt2, tokenizer, PROMPT).sequences
+    ids = lm.generate(PROMPT, max_new_tokens=STEPS)  # as nnsight: no block, the ids
+    assert torch.equal(ids, expected)
+    assert torch.equal(lm.generate(PROMPT, max_new_tokens=STEPS, trace=False), expected)
+    with lm.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        tokens = tracer.result.save()
+    assert torch.equal(tokens, expected)
+
+
+def test_a_subclass_passing_generate_on_still_opens_a_trace(gpt2, tokenizer):
+    class Mine(LanguageModel):
+        def generate(self, *inputs, **kwargs):
+            kwargs.setdefault("max_new_tokens", STEPS)
+            return super().generate(*inputs, **kwargs)
+
+    lm = Mine(gpt2, tokenizer=tokenizer)
+    with lm.generate(PROMPT) as tracer:
+        assert isinstance(tracer, InterleavingTracer)
+        tokens = tracer.result.save()
+    assert torch.equal(tokens, plain_generate(gpt2, tokenizer, PROMPT).sequences)
+    assert torch.equal(lm.generate(PROMPT), tokens)
+
+
+def test_trace_false_and_remote(lm, gpt2, tokenizer):
+    encoded = tokenizer(PROMPT, return_tensors="pt")
+    out = lm.trace(PROMPT, trace=False, remote=False)
+    with torch.no_grad():
+        assert torch.equal(out.logits, gpt2(**encoded).logits)
+    for method in (lm.trace, lm.generate, lm.scan):
+        with pytest.raises(NotImplementedError, match="remote=True"):
+            method(PROMPT, remote=True)

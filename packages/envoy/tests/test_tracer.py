@@ -457,3 +457,19 @@ def test_every_way_of_binding_a_variable_is_shared_with_later_invokes(
     exec(compile(source, filename, "exec"), namespace)
     clean = net.layers[1](net.layers[0](net.embed(x[:1])))
     assert torch.allclose(namespace["patched"], net.head(net.layers[2](clean)))
+
+
+def test_trace_false_runs_the_model_at_once_with_its_edits(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    out = model.trace(x, trace=False)
+    assert torch.equal(out, net(x))
+    with model.edit(inplace=True):
+        model.layers[0].output[:] = 0
+    edited = model.trace(x, trace=False, remote=False, blocking=True)
+    model.clear_edits()
+    zeroed = net.head(net.layers[2](net.layers[1](torch.zeros(3, 8))))
+    assert torch.equal(edited, zeroed)
+    with pytest.raises(NotImplementedError, match=r"trace\(remote=True\).*Drop remote=True"):
+        model.trace(x, remote=True)
+    with pytest.raises(ValueError, match="no input"):
+        model.trace(trace=False)

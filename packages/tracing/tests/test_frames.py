@@ -11,6 +11,7 @@ import pytest
 
 from endoscope_tracing import (
     Tracer,
+    opens_with,
     register_internal_module,
     register_internal_package,
     save,
@@ -161,3 +162,42 @@ def test_write_back_across_recursion(depth: int) -> None:
         return here
 
     assert recurse(depth) == sum(range(depth + 1))
+
+
+class _Opener:
+    """A context manager factory that records whether each call opens a ``with``."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def __call__(self) -> _Opener:
+        self.seen.append(opens_with(sys._getframe(1)))
+        return self
+
+    def __enter__(self) -> _Opener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def passed_on(self) -> _Opener:
+        return self()  # only returns the call's value: the caller decides
+
+
+def test_opens_with_tells_a_with_statement_from_other_uses() -> None:
+    opener = _Opener()
+    with opener():
+        pass
+    value = opener()
+    with open(__file__) as handle, opener() as _:
+        handle.read(1)
+    for _ in range(2):
+        with opener():
+            pass
+    print(opener(), value)
+    with opener.passed_on():
+        pass
+    kept = opener.passed_on()
+    assert opener.seen == [True, False, True, True, True, False, True, False]
+    assert kept is opener
+    assert opens_with(None) is False

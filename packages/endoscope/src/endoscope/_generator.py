@@ -59,7 +59,7 @@ class Generator(WrapperModule):
 class GeneratorEnvoy(Envoy):
     """The Envoy of :class:`Generator`: its ``.output`` still works, with a warning."""
 
-    @property  # type: ignore[override]
+    @property
     def output(self) -> Any:
         """Deprecated: ``generate``'s return value; read ``tracer.result`` instead."""
         warnings.warn(_DEPRECATED, DeprecationWarning, stacklevel=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from endoscope_envoy import (
     NNsight,
     ScanTracer,
     batch_inputs,
+    opens_with,
     register_internal_module,
     serve_module,
 )
@@ -211,43 +213,64 @@ class LanguageModel(NNsight):
 
     # ------------------------------------------------------------ traces
 
-    def trace(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
+    def trace(self, *inputs: Any, trace: bool = True, **kwargs: Any) -> Any:
         """Open a trace of one forward pass.
 
         Args:
             *inputs: a prompt, a list of prompts, token ids (a list, a list of
                 lists, a tensor) or a tokenizer output; none when the body opens
                 ``tracer.invoke(...)`` blocks.
+            trace: ``False`` runs the forward at once and returns its output, with
+                no block (the model's edits still apply).
             **kwargs: keyword inputs (``input_ids``, ``attention_mask``,
                 ``position_ids``, ``token_type_ids``, ``labels``,
                 ``inputs_embeds``); other keywords (``output_attentions``,
                 ``use_cache``, ...) are passed to the forward unbatched.
+                nnsight's ``remote=False`` and ``blocking`` are accepted.
 
         Returns:
-            The tracer, to use as ``with lm.trace(...) as tracer:``.
+            The tracer, to use as ``with lm.trace(...) as tracer:`` (the output
+            with ``trace=False``).
+
+        Raises:
+            NotImplementedError: ``remote=True`` (models run in this process).
         """
+        self._local_only(kwargs, "trace")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = InterleavingTracer(self, *inputs, **inputs_kwargs)
         tracer.run_kwargs = options
-        return tracer
+        return tracer if trace else tracer.run_untraced()
 
-    def generate(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
-        """Open a trace of a whole ``generate`` call.
+    def generate(self, *inputs: Any, trace: bool = True, **kwargs: Any) -> Any:
+        """Open a trace of a whole ``generate`` call, or generate at once.
+
+        ``with lm.generate(...) as tracer:`` traces it; called any other way
+        (``ids = lm.generate(...)``), or with ``trace=False``, it generates now and
+        returns ``generate``'s output, as nnsight does (the model's edits apply).
 
         Args:
             *inputs: as for :meth:`trace`.
+            trace: ``False`` generates at once even as a ``with`` statement's
+                expression.
             **kwargs: keyword inputs as for :meth:`trace`; everything else
                 (``max_new_tokens``, ``do_sample``, ``streamer``,
                 ``eos_token_id``, ...) goes to the model's ``generate``.
 
         Returns:
-            The tracer; ``tracer.result`` is ``generate``'s return value.
+            The tracer (``tracer.result`` is ``generate``'s return value), or that
+            return value when generating at once.
+
+        Raises:
+            NotImplementedError: ``remote=True`` (models run in this process).
         """
+        self._local_only(kwargs, "generate")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = InterleavingTracer(self, *inputs, **inputs_kwargs)
         tracer.run_method = "_generate"
         tracer.run_kwargs = options
-        return tracer
+        if trace and opens_with(sys._getframe(1)):
+            return tracer
+        return tracer.run_untraced()
 
     def scan(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
         """Open a trace on fake tensors: shapes without computing or loading weights.
@@ -256,6 +279,7 @@ class LanguageModel(NNsight):
         loaded; keywords are split as in :meth:`trace`. See
         :meth:`endoscope_envoy.NNsight.scan`.
         """
+        self._local_only(kwargs, "scan")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = super().scan(*inputs, **inputs_kwargs)
         tracer.run_kwargs = options

@@ -8,6 +8,7 @@ from endoscope_interleaver import (
 )
 from endoscope_tracing import (
     WithBlockNotFoundError,
+    opens_with,
     register_internal_module,
     register_internal_package,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "eproperty",
     "mount_backward",
     "mount_save",
+    "opens_with",
     "register_internal_module",
     "register_internal_package",
     "requires_inputs",

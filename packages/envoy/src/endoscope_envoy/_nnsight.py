@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 
@@ -125,9 +125,42 @@ class NNsight(Envoy):
 
     # ------------------------------------------------------------------ traces
 
-    def trace(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
-        """Open a trace: ``with model.trace(x):`` or ``with model.trace() as t: ...``."""
-        return InterleavingTracer(self, *inputs, **kwargs)
+    @overload
+    def trace(
+        self, *inputs: Any, trace: Literal[True] = True, **kwargs: Any
+    ) -> InterleavingTracer: ...
+
+    @overload
+    def trace(self, *inputs: Any, trace: Literal[False], **kwargs: Any) -> Any: ...
+
+    def trace(self, *inputs: Any, trace: bool = True, **kwargs: Any) -> Any:
+        """Open a trace: ``with model.trace(x):`` or ``with model.trace() as t: ...``.
+
+        Args:
+            *inputs: the model's input (none when the block opens invokes).
+            trace: ``False`` runs the model on ``inputs`` at once and returns its
+                output, with no block (the model's edits still apply).
+            **kwargs: keyword inputs; nnsight's ``remote=False`` and ``blocking``
+                are accepted and mean nothing here.
+
+        Raises:
+            NotImplementedError: ``remote=True`` (models run in this process).
+        """
+        self._local_only(kwargs, "trace")
+        tracer = InterleavingTracer(self, *inputs, **kwargs)
+        return tracer if trace else tracer.run_untraced()
+
+    @staticmethod
+    def _local_only(kwargs: dict[str, Any], method: str) -> None:
+        """Take nnsight's remote-execution options out of ``kwargs``: accepted when
+        they ask for a local run, an error when they ask for a remote one."""
+        remote = kwargs.pop("remote", False)
+        kwargs.pop("blocking", None)
+        if remote:
+            raise NotImplementedError(
+                f"{method}(remote=True): endoscope runs models in this process; remote "
+                "execution (NDIF) is not available. Drop remote=True to run locally."
+            )
 
     def scan(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
         """A trace on fake tensors: shapes and dtypes without computing anything.
@@ -137,6 +170,7 @@ class NNsight(Envoy):
         ``tracer.shapes`` maps every module path to its inputs' and output's
         :class:`TensorSpec` structure after the block.
         """
+        self._local_only(kwargs, "scan")
         from ._scan import ScanTracer
 
         return ScanTracer(self, *inputs, **kwargs)

@@ -274,6 +274,18 @@ class InterleavingTracer(Tracer):
         self._ran = True
         return self._output
 
+    def run_untraced(self) -> Any:
+        """Run the model on this tracer's inputs with no block of code (what
+        ``trace=False`` does): only the model's edits intervene.
+
+        Returns:
+            What the run returned.
+        """
+        try:
+            return self.execute(_no_intervention)
+        finally:
+            self._release()
+
     def _release(self) -> None:
         """After the block: drop every link that would make a reference cycle, so a
         finished trace is freed as soon as the user drops it (no cycle collector)."""
@@ -385,6 +397,11 @@ def _sharing(invokers: list[Invoker]) -> list[tuple[bool, bool]]:
         pull = any(earlier is None or earlier.may_share_with(block) for earlier in blocks[:index])
         shares.append((push, pull))
     return shares
+
+
+def _no_intervention(*_: Any) -> None:
+    """The body of a run without a block (see :meth:`InterleavingTracer.run_untraced`)."""
+    return None
 
 
 def _forget_frame(tracer: Tracer) -> None:

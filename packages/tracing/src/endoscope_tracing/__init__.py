@@ -7,7 +7,13 @@ code and imports nothing outside the standard library.
 from ._config import CONFIG, TracingConfig
 from ._errors import ExitTracingException, UnsupportedBlockError, WithBlockNotFoundError
 from ._exceptions import clean_exception, strip_internal_frames
-from ._frames import register_internal_module, register_internal_package, write_locals
+from ._frames import (
+    opens_with,
+    register_internal_module,
+    register_internal_package,
+    user_frame,
+    write_locals,
+)
 from ._saving import SAVED, save
 from ._source import read_source
 from ._tracer import Backend, ExecutionBackend, Tracer, TracerInfo
@@ -26,10 +32,12 @@ __all__ = [
     "WithBlockNotFoundError",
     "__version__",
     "clean_exception",
+    "opens_with",
     "read_source",
     "register_internal_module",
     "register_internal_package",
     "save",
     "strip_internal_frames",
+    "user_frame",
     "write_locals",
 ]

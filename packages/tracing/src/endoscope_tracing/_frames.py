@@ -5,6 +5,9 @@ Everything here that depends on the CPython version is in this module:
 * Writing locals back. From 3.13 ``frame.f_locals`` of a function frame is a
   write-through proxy (PEP 667). Before, it is a snapshot dict that
   ``PyFrame_LocalsToFast`` copies back into the frame's fast slots and cells.
+* Telling a call that opens a ``with`` statement from any other call
+  (:func:`opens_with`) reads the caller's bytecode: ``SETUP_WITH`` before 3.11,
+  ``BEFORE_WITH`` from 3.11.
 * Skipping the body. ``__enter__`` installs a trace function on the caller's frame
   with opcode events on, so the very first instruction after ``__enter__`` returns
   (even on a one-line ``with x: body``) raises :class:`ExitTracingException`, which
@@ -15,9 +18,11 @@ Everything here that depends on the CPython version is in this module:
 
 from __future__ import annotations
 
+import dis
 import sys
+import weakref
 from collections.abc import Callable, Mapping
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from ._errors import ExitTracingException
@@ -26,6 +31,7 @@ __all__ = [
     "INTERNAL_MODULES",
     "INTERNAL_PACKAGES",
     "is_internal_frame",
+    "opens_with",
     "register_internal_module",
     "register_internal_package",
     "skip_body",
@@ -75,6 +81,37 @@ def is_internal_frame(frame: FrameType) -> bool:
     return isinstance(module, str) and (
         module.partition(".")[0] in INTERNAL_PACKAGES or module in INTERNAL_MODULES
     )
+
+
+# The instruction that starts a ``with`` statement, after its context expression.
+_WITH_ENTRIES = frozenset({"SETUP_WITH", "BEFORE_WITH"})
+# Per code object: instruction offset -> the name of the instruction that follows.
+_NEXT_OP: weakref.WeakKeyDictionary[CodeType, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def opens_with(frame: FrameType | None) -> bool:
+    """Whether the call ``frame`` is making now gives a ``with`` statement its
+    context manager (``with f(...):``), as opposed to any other use of its value
+    (``x = f(...)``).
+
+    A frame that only returns the call's value (``return super().f(...)`` in a
+    subclass) passes the question to its caller. Read from the bytecode after
+    the current instruction, once per call site.
+    """
+    while frame is not None:
+        code = frame.f_code
+        offset = frame.f_lasti
+        known = _NEXT_OP.get(code)
+        if known is None:
+            known = _NEXT_OP[code] = {}
+        following = known.get(offset)
+        if following is None:
+            after = next((i for i in dis.get_instructions(code) if i.offset > offset), None)
+            following = known[offset] = after.opname if after is not None else ""
+        if following != "RETURN_VALUE":
+            return following in _WITH_ENTRIES
+        frame = frame.f_back
+    return False
 
 
 def user_frame(frame: FrameType | None) -> FrameType:
