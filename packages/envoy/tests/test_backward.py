@@ -173,21 +173,6 @@ def test_exception_in_the_block_keeps_its_type_and_restores_everything(mlp, xs) 
     assert torch.equal(out, mlp(xs))
 
 
-def test_backward_call_site_memo_does_not_keep_code_alive() -> None:
-    import gc
-    import weakref
-
-    from endoscope_envoy import _backward
-
-    code = compile("with f():\n    pass\n", "<memo-test>", "exec")
-    call = next(i for i in __import__("dis").get_instructions(code) if i.opname.startswith("CALL"))
-    assert _backward._is_with_head(code, call.offset)
-    ref = weakref.ref(code)
-    del code
-    gc.collect()
-    assert ref() is None
-
-
 def test_an_error_in_a_backward_block_shows_only_the_users_frames(mlp, xs) -> None:
     import traceback
 

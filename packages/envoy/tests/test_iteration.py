@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -364,3 +366,57 @@ def test_the_result_is_readable_after_an_unbounded_loop(rnn, h0) -> None:
             for _ in tracer.all():
                 model.cell.output.save()
             model.readout.output.save()
+
+
+def test_the_deprecated_block_form_runs_the_block_once_per_step(rnn, h0) -> None:
+    model = NNsight(rnn)
+    expected, out = cell_outputs(rnn, h0)
+    with pytest.warns(DeprecationWarning, match=r"`with tracer.all\(\):` is deprecated") as seen:
+        with model.trace(h0) as tracer:
+            states = [].save()
+            with tracer.all():  # the line the warning names
+                states.append(model.cell.output)
+            result = tracer.result.save()
+    assert seen[0].filename == __file__
+    assert (
+        "# the line the warning names"
+        in Path(__file__).read_text().splitlines()[seen[0].lineno - 1]
+    )
+    assert len(states) == rnn.steps
+    assert all(torch.equal(a, b) for a, b in zip(states, expected, strict=True))
+    assert torch.equal(result, out)
+    # A bounded block; the block's own variables carry from step to step.
+    with pytest.warns(DeprecationWarning, match=r"tracer.iter\[1:3\]"):
+        with model.trace(h0) as tracer:
+            steps = 0
+            with tracer.iter[1:3]:
+                steps += 1
+                last = model.cell.output
+            steps = torch.tensor(steps).save()
+            last = last.save()
+    assert int(steps) == 2 and torch.equal(last, expected[2])
+
+
+def test_loops_leave_no_cycle(rnn, h0) -> None:
+    model = NNsight(rnn)
+    loops = []
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.warns(DeprecationWarning):
+            with model.trace(h0) as tracer:
+                loop = tracer.iter[0:2]
+                loops.append(weakref.ref(loop))
+                with loop:
+                    model.cell.output.save()
+                del loop
+        with model.trace(h0) as tracer:
+            loop = tracer.iter[0:2]
+            loops.append(weakref.ref(loop))
+            for _ in loop:
+                model.cell.output.save()
+            del loop
+        del tracer
+        assert [ref() for ref in loops] == [None, None]
+    finally:
+        gc.enable()

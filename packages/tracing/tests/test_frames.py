@@ -201,3 +201,17 @@ def test_opens_with_tells_a_with_statement_from_other_uses() -> None:
     assert opener.seen == [True, False, True, True, True, False, True, False]
     assert kept is opener
     assert opens_with(None) is False
+
+
+def test_opens_with_keeps_no_code_alive() -> None:
+    import gc
+    import weakref
+
+    opener = _Opener()
+    code = compile("with opener():\n    pass\n", "<opens-with memo>", "exec")
+    exec(code, {"opener": opener})
+    assert opener.seen == [True]
+    ref = weakref.ref(code)
+    del code
+    gc.collect()
+    assert ref() is None

@@ -20,17 +20,14 @@ block runs, and only for code running in that block.
 
 from __future__ import annotations
 
-import dis
 import sys
-import weakref
 from collections.abc import Callable
-from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from endoscope_interleaver import Interleaver, Mediator, MissedProviderError
-from endoscope_tracing import Tracer
+from endoscope_tracing import Tracer, opens_with
 
 from ._tracebacks import drop_computation_frames
 
@@ -46,23 +43,6 @@ _ORIGINAL_GRAD: Any = torch._C.TensorBase.__dict__["grad"]
 running_models: list[NNsight] = []
 #: Backward blocks whose pass is running (innermost last).
 _running_backwards: list[BackwardTracer] = []
-#: Per code object (held weakly: compiled bodies come and go), per offset: whether
-#: the call there is the head of a ``with`` statement.
-_WITH_HEADS: weakref.WeakKeyDictionary[CodeType, dict[int, bool]] = weakref.WeakKeyDictionary()
-_WITH_OPS = frozenset({"BEFORE_WITH", "SETUP_WITH"})
-
-
-def _is_with_head(code: CodeType, offset: int) -> bool:
-    offsets = _WITH_HEADS.get(code)
-    if offsets is None:
-        offsets = _WITH_HEADS[code] = {}
-    known = offsets.get(offset)
-    if known is None:
-        # f_lasti is the call (3.10) or its last inline cache entry (3.11+): the
-        # next instruction after it opens the with statement, if there is one.
-        after = next((i for i in dis.get_instructions(code) if i.offset > offset), None)
-        known = offsets[offset] = after is not None and after.opname in _WITH_OPS
-    return known
 
 
 def _current_model() -> NNsight | None:
@@ -79,7 +59,7 @@ def _backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         model = _current_model()
         if model is not None:
             caller = sys._getframe(1)
-            if _is_with_head(caller.f_code, caller.f_lasti):
+            if opens_with(caller):
                 return BackwardTracer(model, self, *args, **kwargs)
     return _ORIGINAL_BACKWARD(self, *args, **kwargs)
 

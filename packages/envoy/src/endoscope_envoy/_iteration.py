@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ast
 import itertools
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import Mediator, MissedProviderError
+from endoscope_tracing import Tracer
 
 if TYPE_CHECKING:
     from ._tracer import InterleavingTracer
@@ -71,8 +73,13 @@ def iteration_of(requester: str) -> int | None:
     return int(tail) if sep and tail.isdigit() else None
 
 
-class IterationLoop:
+class IterationLoop(Tracer):
     """The steps of one ``tracer.iter[...]`` loop (iterate over it once).
+
+    ``for step in tracer.iter[...]:`` is the way to use it. nnsight's older block
+    form, ``with tracer.iter[...]:`` / ``with tracer.all():``, works too, with a
+    ``DeprecationWarning`` (as in nnsight 0.8.1): the block is captured and run
+    once per step, its variables carried from step to step.
 
     Attributes:
         start: the first step.
@@ -90,6 +97,8 @@ class IterationLoop:
         steps: tuple[int, ...] | None = None,
         label: str = "tracer.iter[:]",
     ) -> None:
+        super().__init__(backend=_run_block_per_step)
+        self._entered = None  # Tracer's default, itself, would be a cycle
         if start < 0 or (stop is not None and stop < 0) or stride <= 0:
             raise ValueError(
                 f"{label}: iteration steps count calls from 0 forward; negative indices "
@@ -152,6 +161,44 @@ class IterationLoop:
             if not stack:
                 open_loops.pop(id(mediator), None)
 
+    # ------------------------------------------------ the deprecated block form
+
+    def transform(self, body: list[ast.stmt], tracer_name: str) -> list[ast.stmt]:
+        return end_loops_gracefully(body, tracer_name)
+
+    @staticmethod
+    def _loop_ended(loop: Any, error: BaseException) -> bool:
+        return loop_ended(loop, error)
+
+    def _run_block(self) -> None:
+        """Run the captured ``with`` block once per step (its backend)."""
+        info = self._require_info()
+        frame = info.frame
+        try:
+            globals_ = frame.f_globals
+            warnings.warn_explicit(
+                f"`with {self.label}:` is deprecated (as in nnsight 0.8.1); write "
+                f"`for step in {self.label}:` instead.",
+                DeprecationWarning,
+                info.filename,
+                info.block.node.lineno,
+                module=globals_.get("__name__", info.filename),
+                registry=globals_.setdefault("__warningregistry__", {}),
+            )
+            for _ in self:
+                # Compiled per step: each step pulls what the last one pushed.
+                fn = self.compile()
+                try:
+                    self.execute(fn)
+                except BaseException as error:
+                    if loop_ended(self, error):
+                        break
+                    raise
+        finally:
+            # No cycle through the body's frame, or through itself, once done.
+            info.frame = None  # type: ignore[assignment]
+            self._entered = None
+
     def _check_progress(self, before: int | None) -> int:
         """An unbounded loop ends only through a read that is never served: a step
         that read nothing would make it spin forever without letting the model run."""
@@ -194,6 +241,11 @@ class IterationIndexer:
         raise TypeError(
             f"tracer.iter[...] takes a step, a slice or a list of steps, got {type(spec).__name__}."
         )
+
+
+def _run_block_per_step(block: Tracer) -> None:
+    assert isinstance(block, IterationLoop)
+    block._run_block()
 
 
 def loop_ended(loop: Any, error: BaseException) -> bool:
