@@ -107,8 +107,15 @@ def test_beam_search_runs_without_a_streamer(lm, gpt2, tokenizer):
     with lm.generate(PROMPT, max_new_tokens=2, num_beams=2) as tracer:
         tokens = tracer.result.save()
     assert torch.equal(tokens, plain_sequences(gpt2, tokenizer, max_new_tokens=2, num_beams=2))
-    with pytest.raises(MissedProviderError, match="generator.streamer.output"):
+    with pytest.raises(MissedProviderError, match="generator.streamer.output") as caught:
         with lm.generate(PROMPT, max_new_tokens=2, num_beams=2):
+            lm.generator.streamer.output.save()
+    assert "beam search" in str(caught.value)
+
+
+def test_reading_the_generator_in_a_forward_trace_says_to_generate(lm):
+    with pytest.raises(MissedProviderError, match=r"inside `with lm.generate\(...\):`"):
+        with lm.trace(PROMPT):
             lm.generator.streamer.output.save()
 
 

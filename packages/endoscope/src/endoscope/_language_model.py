@@ -287,6 +287,20 @@ class LanguageModel(NNsight):
 
     # ------------------------------------------------- NNsight extension points
 
+    def _missed_hint(self, requester: str, tracer: Any) -> str | None:
+        generator = f"{self.path}.{GENERATOR_NAME}."
+        if requester.startswith(generator) and GENERATOR_NAME not in self._children:
+            if getattr(tracer, "run_method", None) != "_generate":
+                return (
+                    f"{self.path}.{GENERATOR_NAME} passes on what generate() makes: read it "
+                    "inside `with lm.generate(...):`, not in a trace of one forward pass."
+                )
+            return (
+                "Under beam search (num_beams > 1) generate() streams nothing: the "
+                "streamer's values exist only with one beam; the ids are tracer.result."
+            )
+        return None
+
     def _pad_token_id(self) -> int:
         """The id left padding uses (tokenizer's pad, then end-of-sequence, then 0)."""
         candidates = [getattr(self.tokenizer, "pad_token_id", None)]

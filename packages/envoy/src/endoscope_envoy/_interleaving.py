@@ -122,6 +122,9 @@ class EnvoyInterleaver(Interleaver):
                 if gone:
                     return self.out_of_order_error(requester, asked_at)
         error = super().missed_error(requester, asked_at, mediator)
+        hint = self.model._missed_hint(requester, self.tracer)
+        if hint is not None:
+            error.hint = hint
         self._explain_ended_loop(error, mediator)
         return error
 

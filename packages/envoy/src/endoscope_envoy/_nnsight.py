@@ -215,6 +215,14 @@ class NNsight(Envoy):
         edited._original = self
         return edited
 
+    def _missed_hint(self, requester: str, tracer: Any) -> str | None:
+        """What to tell a user whose ``requester`` the run never provided, when this
+        model knows better than the generic advice (``None``: the generic advice).
+
+        An extension point: LanguageModel names ``generate`` for its generator.
+        """
+        return None
+
     def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Normalise one invoke's inputs to ``(args, kwargs)`` for the model."""
         return args, kwargs
