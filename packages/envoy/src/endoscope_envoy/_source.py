@@ -167,12 +167,15 @@ class OperationEnvoy:
         # Every call of every operation of this forward is counted for the run,
         # so a hook put on an operation late numbers its calls from those that
         # went by: reading one that already ran is then an OutOfOrderError at
-        # once, never a wait that ends in "missed" or a later call served.
-        accessor = self._parent._accessor
-        interleaver.ensure_hook((id(accessor), "count"), functools.partial(_count, accessor))
+        # once, never a wait that ends in "missed" or a later call served. The
+        # count starts after this hook (a count opened now has nothing to number
+        # it from yet), so the run's end removes the hook while still counting,
+        # and the accessor changes state once, not twice.
         interleaver.ensure_hook(
             (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
         )
+        accessor = self._parent._accessor
+        interleaver.ensure_hook((id(accessor), "count"), functools.partial(_count, accessor))
 
     def _parent_chain(self) -> list[OperationEnvoy]:
         chain = []

@@ -226,6 +226,10 @@ class SourceAccessor:
                     for op in self.operations.values():
                         op.calls = op.returns = 0
                         op._counted = op._detour = True  # _update_detour, inlined
+                    # Every site takes the slow branch already: being active changes
+                    # nothing more (what _update_active would loop to find out).
+                    self._active = True
+                    return Watch(self, count)
             self._update_active()
         return Watch(self, count)
 
@@ -241,7 +245,8 @@ class SourceAccessor:
             self._active = active = self._hooked_count > 0 or self._watchers > 0
             for op in self.operations.values():
                 op._counted = False
-                op._update_detour(active)
+                # _update_detour, inlined: this loop ends every counted run.
+                op._detour = True if op._hooked or (active and op.site.nested) else None
 
     def _hooked_changed(self, hooked: bool) -> None:
         # Called by an operation, under the shared lock.
@@ -254,7 +259,8 @@ class SourceAccessor:
             self._active = active
             for op in self.operations.values():
                 if op.site.nested:
-                    op._update_detour(active)
+                    # _update_detour, inlined (a counted site stays on the slow branch).
+                    op._detour = True if op._hooked or op._counted or active else None
 
     def clear_hooks(self) -> None:
         """Drop every hook and pending replacement of every operation."""
