@@ -168,3 +168,20 @@ def test_serve_module_wraps_a_module_before_any_read(net, x, no_leftovers) -> No
     assert torch.equal(out, expected_block(net, x, 2))
     with pytest.raises(NotInTraceError, match="outside a trace"):
         serve_module(model.layers[2])
+
+
+def test_wrappers_of_a_class_made_before_and_after_its_forward_changed(net, x) -> None:
+    model = NNsight(net)
+    trace_reading(model, x, 0)  # warms layers.0's wrapper, around Block's forward
+    cls = type(net.layers[0])
+    original = cls.forward
+    cls.forward = lambda self, h: original(self, h) * 2
+    try:
+        trace_reading(model, x, 1)  # the same call site adds layers.1's, around the patch
+        at_start, out = trace_reading(model, x, 0)
+        patched = expected_block(net, x, 0)
+    finally:
+        cls.forward = original
+    assert "layers.0" not in at_start  # its wrapper calls the old forward
+    assert torch.equal(out, patched)
+    assert not torch.equal(patched, expected_block(net, x, 0))

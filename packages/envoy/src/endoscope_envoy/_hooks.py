@@ -488,8 +488,9 @@ class WarmWrappers:
 
     def _prepare(self) -> list[tuple[_Forward, _Run, dict[str, Any], Any]]:
         entries = [(w, w.run, w.state, w.forward) for w in self.wrappers if not w.had_instance]
-        classes = {type(w.module): w.class_forward for w in self.wrappers}
-        self._classes = list(classes.items())
+        # Pairs, not a class -> forward map: wrappers of one class made before and
+        # after its forward changed must fail the check for the older ones.
+        self._classes = list({(type(w.module), w.class_forward) for w in self.wrappers})
         self._entries = entries
         return entries
 
