@@ -150,6 +150,8 @@ class EnvoyInterleaver(Interleaver):
         """The model's run returned: end every unbounded ``tracer.iter`` loop waiting
         for a step that will not come, so the code after it runs while values still
         to be provided (``tracer.result``) can be read."""
+        if not self.open_loops:
+            return  # no loop is running (every trace without one)
         for mediator in list(self._live):
             requester = mediator.waiting
             if requester is not None and waiting_loop(self.open_loops, mediator, requester):

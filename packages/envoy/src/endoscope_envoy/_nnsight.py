@@ -146,7 +146,8 @@ class NNsight(Envoy):
         Raises:
             NotImplementedError: ``remote=True`` (models run in this process).
         """
-        self._local_only(kwargs, "trace")
+        if kwargs:
+            self._local_only(kwargs, "trace")
         tracer = InterleavingTracer(self, *inputs, **kwargs)
         return tracer if trace else tracer.run_untraced()
 
