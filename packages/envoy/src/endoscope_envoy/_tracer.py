@@ -313,6 +313,10 @@ class InterleavingTracer(Tracer):
         _forget_frame(self)
 
     def _provide_result(self, output: Any) -> Any:
+        # Nobody waits for it (the common case): nothing to serve, and the run
+        # ends next, so no later request could need it marked as gone by.
+        if "result" not in self.interleaver.wanted:
+            return output
         return type(self).result.provide(self, output)
 
     # ------------------------------------------------------ shared variables
