@@ -18,7 +18,6 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import Interleaver, eproperty
@@ -248,23 +247,21 @@ def _count(accessor: SourceAccessor) -> _Removable:
 
 def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
     op = envoy._op
-    handle = envoy.interleaver.handle
-    provider = f"{envoy.path}.{kind}"
-    hook: Callable[[Any], Any]
-    if kind == "output":
-
-        def hook(value: Any) -> Any:
-            return handle(provider, value, True)
-
-        hooks = op.post_hooks
-    else:
-
-        def hook(args_kwargs: Any) -> Any:
-            return handle(provider, args_kwargs, True)
-
-        hooks = op.pre_hooks
-    hooks.insert(0, hook)
     interleaver = envoy.interleaver
+    provider = f"{envoy.path}.{kind}"
+
+    def hook(value: Any) -> Any:
+        # handle(provider, value, True), counted here: see Interleaver.handle_counted.
+        calls = interleaver.calls
+        count = calls.get(provider, 0)
+        calls[provider] = count + 1
+        if provider not in interleaver._wanted:
+            return value
+        return interleaver.handle_counted(f"{provider}.i{count}", value)
+
+    # The output after the call (post-hooks); the inputs, (args, kwargs), before it.
+    hooks = op.post_hooks if kind == "output" else op.pre_hooks
+    hooks.insert(0, hook)
     if interleaver.provider is not None and op.accessor is not None and op.accessor.counting:
         # Hooked while the model runs: number its calls after those gone by.
         ran = op.returns if kind == "output" else op.calls

@@ -249,14 +249,13 @@ class OperationAccessor:
     # -- calling --------------------------------------------------------------
 
     def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Slow path of a call site: run ``fn`` through the hooks present right now."""
-        if self._counted:
-            return self._counted_call(fn, *args, **kwargs)
-        if not self._hooked:
-            return fn(*args, **kwargs)
-        return self._hooked_call(fn, *args, **kwargs)
-
-    def _counted_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Slow path of a call site: run ``fn`` through the hooks present right now
+        (and count the call while the accessor counts, in this frame: every
+        operation of a counted forward comes here)."""
+        if not self._counted:
+            if not self._hooked:
+                return fn(*args, **kwargs)
+            return self._hooked_call(fn, *args, **kwargs)
         # Nothing that keeps the object called on alive: a bound method keeps its
         # function (its instance is often the object that owns this accessor: a
         # cycle); a builtin bound to an object (``tensor.view``) keeps nothing (no
