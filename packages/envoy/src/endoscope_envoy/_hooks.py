@@ -206,6 +206,14 @@ class _Forward:
         self.forward = _build(self.run, self.original, self.provider, self.first)
         setattr(self.forward, _WRAPPER_ATTR, weakref.ref(self))
 
+    def fits(self) -> bool:
+        """Whether the module's forward is still the one this wrapper wraps (its
+        instance forward, or no instance forward and the same class forward)."""
+        state = self.state
+        if self.had_instance:
+            return state.get("forward") is self.original
+        return "forward" not in state and type(self.module).forward is self.class_forward
+
     def _update(self) -> None:
         if self.inputs or self.skippable or self.route or self.input_records:
             self.run.general = self._call
@@ -324,11 +332,7 @@ def _install(interleaver: Interleaver, envoy: Envoy) -> _Forward:
         wrapper is None
         or wrapper.run.interleaver is not None
         or wrapper.module is not module
-        or (
-            state.get("forward") is not wrapper.original
-            if wrapper.had_instance
-            else "forward" in state or type(module).forward is not wrapper.class_forward
-        )
+        or not wrapper.fits()
     ):
         # None yet, lent to an enclosing run, or the Envoy's module (a rebound
         # Envoy) or the module's forward changed since it was built.
@@ -440,16 +444,10 @@ def lend_early(envoy: Envoy, interleaver: Interleaver) -> _Forward | None:
 def _lend(wrapper: _Forward, interleaver: Interleaver) -> bool:
     """Put ``wrapper`` in its module's forward for ``interleaver``'s run, if it is free
     and the module's forward is still the one it wraps."""
-    if wrapper.run.interleaver is not None:
-        return False
-    module = wrapper.module
-    state = module.__dict__
-    if type(module).forward is not wrapper.class_forward or (
-        state.get("forward") is not wrapper.original if wrapper.had_instance else "forward" in state
-    ):
+    if wrapper.run.interleaver is not None or not wrapper.fits():
         return False
     wrapper.run.interleaver = interleaver
-    state["forward"] = wrapper.forward
+    wrapper.state["forward"] = wrapper.forward
     interleaver.hooks.append(wrapper)
     _note_lent(interleaver, wrapper)
     return True
@@ -509,20 +507,18 @@ class WarmWrappers:
                 return self._lend_checked(interleaver)
         if len(entries) != len(self.wrappers):
             return self._lend_checked(interleaver)
-        lent = entries
-        for index, (_, run, state, forward) in enumerate(entries):
+        lent = entries  # all of them, unless one is skipped (no new list then)
+        for index, entry in enumerate(entries):
+            _, run, state, forward = entry
             if run.interleaver is not None or "forward" in state:
-                # Lent elsewhere (an enclosing run) or given an instance forward
-                # since: lend the rest one by one.
-                lent = entries[:index]
-                for entry in entries[index:]:
-                    if entry[1].interleaver is None and "forward" not in entry[2]:
-                        entry[1].interleaver = interleaver
-                        entry[2]["forward"] = entry[3]
-                        lent.append(entry)
-                break
+                # Lent elsewhere (an enclosing run) or given an instance forward since.
+                if lent is entries:
+                    lent = entries[:index]
+                continue
             run.interleaver = interleaver
             state["forward"] = forward
+            if lent is not entries:
+                lent.append(entry)
         if lent:
             interleaver.hooks.append(_Lease(lent))
         return len(lent)
@@ -533,19 +529,11 @@ class WarmWrappers:
         lent = []
         for wrapper in self.wrappers:
             run = wrapper.run
-            if run.interleaver is not None:
-                continue
-            state = wrapper.state
-            if wrapper.had_instance:
-                if state.get("forward") is not wrapper.original:
-                    continue
-            elif "forward" in state:
-                continue
-            if type(wrapper.module).forward is not wrapper.class_forward:
+            if run.interleaver is not None or not wrapper.fits():
                 continue
             run.interleaver = interleaver
-            state["forward"] = wrapper.forward
-            lent.append((wrapper, run, state, wrapper.forward))
+            wrapper.state["forward"] = wrapper.forward
+            lent.append((wrapper, run, wrapper.state, wrapper.forward))
         if lent:
             interleaver.hooks.append(_Lease(lent))
         return len(lent)
@@ -561,18 +549,8 @@ class _Lease:
 
     def remove(self) -> None:
         entries, self.entries = self.entries, []
-        # _Forward.remove, inlined: this loop runs once per warm module and trace.
-        for wrapper, run, state, forward in entries:
-            if run.interleaver is None:
-                continue
-            run.interleaver = None
-            if state.get("forward") is forward:
-                if wrapper.had_instance:
-                    state["forward"] = wrapper.original
-                else:
-                    del state["forward"]
-            if run.general is not None:
-                wrapper._forget_extras()
+        for entry in entries:
+            entry[0].remove()
 
 
 def lent_wrappers(interleaver: Interleaver) -> list[_Forward]:

@@ -250,14 +250,10 @@ def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
     interleaver = envoy.interleaver
     provider = f"{envoy.path}.{kind}"
 
+    handle = interleaver.handle
+
     def hook(value: Any) -> Any:
-        # handle(provider, value, True), counted here: see Interleaver.handle_counted.
-        calls = interleaver.calls
-        count = calls.get(provider, 0)
-        calls[provider] = count + 1
-        if provider not in interleaver._wanted:
-            return value
-        return interleaver.handle_counted(f"{provider}.i{count}", value)
+        return handle(provider, value, True)
 
     # The output after the call (post-hooks); the inputs, (args, kwargs), before it.
     hooks = op.post_hooks if kind == "output" else op.pre_hooks

@@ -245,8 +245,7 @@ class SourceAccessor:
             self._active = active = self._hooked_count > 0 or self._watchers > 0
             for op in self.operations.values():
                 op._counted = False
-                # _update_detour, inlined: this loop ends every counted run.
-                op._detour = True if op._hooked or (active and op.site.nested) else None
+                op._update_detour(active)
 
     def _hooked_changed(self, hooked: bool) -> None:
         # Called by an operation, under the shared lock.
@@ -259,8 +258,7 @@ class SourceAccessor:
             self._active = active
             for op in self.operations.values():
                 if op.site.nested:
-                    # _update_detour, inlined (a counted site stays on the slow branch).
-                    op._detour = True if op._hooked or op._counted or active else None
+                    op._update_detour(active)
 
     def clear_hooks(self) -> None:
         """Drop every hook and pending replacement of every operation."""

@@ -11,7 +11,6 @@ from ._frames import (
     opens_with,
     register_internal_module,
     register_internal_package,
-    user_frame,
     write_locals,
 )
 from ._saving import SAVED, save
@@ -38,6 +37,5 @@ __all__ = [
     "register_internal_package",
     "save",
     "strip_internal_frames",
-    "user_frame",
     "write_locals",
 ]
