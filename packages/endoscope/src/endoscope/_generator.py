@@ -26,7 +26,7 @@ from endoscope_envoy import Envoy
 
 from ._wrapper_module import WrapperModule
 
-__all__ = ["GENERATOR_NAME", "Generator", "GeneratorEnvoy", "streamer_for"]
+__all__ = ["GENERATOR_NAME", "Generator", "GeneratorEnvoy", "beams", "streamer_for"]
 
 #: Where the generator hangs in a LanguageModel's Envoy tree (``lm.generator``).
 GENERATOR_NAME = "generator"
@@ -91,10 +91,14 @@ def streamer_for(generator: Generator, module: Any, options: dict[str, Any]) -> 
     """The ``streamer`` to give ``module.generate(**options)``: the generator's (and
     the user's, if any), or the user's alone under beam search."""
     theirs = options.get("streamer")
-    config = options.get("generation_config") or getattr(module, "generation_config", None)
-    beams = options.get("num_beams") or getattr(config, "num_beams", None) or 1
-    if beams != 1:
+    if beams(module, options) != 1:
         return theirs  # transformers refuses a streamer with beam search
     if theirs is None:
         return generator.streamer
     return _BothStreamers(generator.streamer, theirs)
+
+
+def beams(module: Any, options: dict[str, Any]) -> int:
+    """How many beams ``module.generate(**options)`` searches with."""
+    config = options.get("generation_config") or getattr(module, "generation_config", None)
+    return options.get("num_beams") or getattr(config, "num_beams", None) or 1

@@ -27,7 +27,7 @@ from endoscope_envoy import (
     serve_module,
 )
 
-from ._generator import GENERATOR_NAME, Generator, GeneratorEnvoy, streamer_for
+from ._generator import GENERATOR_NAME, Generator, GeneratorEnvoy, beams, streamer_for
 from ._inputs import encode_input, pad_invokes, split_input_kwargs, with_positions
 from ._loading import (
     automodel_class,
@@ -295,10 +295,11 @@ class LanguageModel(NNsight):
                     f"{self.path}.{GENERATOR_NAME} passes on what generate() makes: read it "
                     "inside `with lm.generate(...):`, not in a trace of one forward pass."
                 )
-            return (
-                "Under beam search (num_beams > 1) generate() streams nothing: the "
-                "streamer's values exist only with one beam; the ids are tracer.result."
-            )
+            if beams(self._module, tracer.run_kwargs) != 1:
+                return (
+                    "Under beam search (num_beams > 1) generate() streams nothing: the "
+                    "streamer's values exist only with one beam; the ids are tracer.result."
+                )
         return None
 
     def _pad_token_id(self) -> int:
