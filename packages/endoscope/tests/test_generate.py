@@ -178,9 +178,11 @@ class Collect(BaseStreamer):
 def test_a_streamer_gets_the_tokens(lm, gpt2, tokenizer):
     streamer = Collect()
     with lm.generate(PROMPT, max_new_tokens=STEPS, streamer=streamer) as tracer:
+        streamed = lm.generator.streamer.output.save()  # endoscope's own, beside it
         first = lm.lm_head.output.save()
         tokens = tracer.result.save()
-    assert streamer.ended
+    assert streamer.ended and len(streamer.chunks) == STEPS + 1
+    assert torch.equal(streamer.chunks[0], streamed)
     prompt_ids, *new = streamer.chunks
     assert torch.equal(
         prompt_ids.reshape(1, -1), tokenizer(PROMPT, return_tensors="pt")["input_ids"]

@@ -82,27 +82,6 @@ def test_writing_generator_output_replaces_the_result(lm):
     assert result.shape == (1, 3)
 
 
-def test_a_users_streamer_still_gets_every_call(lm, gpt2, tokenizer):
-    class Collect:
-        def __init__(self) -> None:
-            self.chunks: list[torch.Tensor] = []
-            self.ended = False
-
-        def put(self, value: torch.Tensor) -> None:
-            self.chunks.append(value.clone())
-
-        def end(self) -> None:
-            self.ended = True
-
-    theirs = Collect()
-    with lm.generate(PROMPT, max_new_tokens=STEPS, streamer=theirs) as tracer:
-        first = lm.generator.streamer.output.save()
-        tokens = tracer.result.save()
-    assert theirs.ended and len(theirs.chunks) == STEPS + 1
-    assert torch.equal(theirs.chunks[0], first)
-    assert torch.equal(tokens, plain_sequences(gpt2, tokenizer))
-
-
 def test_beam_search_runs_without_a_streamer(lm, gpt2, tokenizer):
     with lm.generate(PROMPT, max_new_tokens=2, num_beams=2) as tracer:
         tokens = tracer.result.save()
@@ -111,6 +90,14 @@ def test_beam_search_runs_without_a_streamer(lm, gpt2, tokenizer):
         with lm.generate(PROMPT, max_new_tokens=2, num_beams=2):
             lm.generator.streamer.output.save()
     assert "beam search" in str(caught.value)
+
+
+def test_a_streamed_step_past_the_last_is_missed_without_a_beam_search_hint(lm):
+    with pytest.raises(MissedProviderError, match=r"streamer.output.i9") as caught:
+        with lm.generate(PROMPT, max_new_tokens=2) as tracer:
+            for _ in tracer.iter[9]:
+                lm.generator.streamer.output.save()
+    assert "beam search" not in str(caught.value)
 
 
 def test_reading_the_generator_in_a_forward_trace_says_to_generate(lm):
