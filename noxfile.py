@@ -1,28 +1,42 @@
 """Sessions for the endoscope monorepo.
 
 Plain ``nox`` runs every package's tests, the integration tests, lint and the type
-check. ``nox -s build`` builds wheels, ``nox -s demo`` runs the main job and
-``nox -s bench`` the overhead benchmark.
+check. ``nox -s build`` builds wheels, ``nox -s demo`` runs the main job, ``nox -s
+bench`` the overhead benchmark and ``nox -s pins`` lists the test pins that are behind
+the newest release.
+
+Every third-party package is installed under ``testing/constraints.txt`` (exact
+versions), so a run resolves the same versions on any day. The torch-based packages
+share one environment (``.nox/torch-3.11``), built once per run and reused by every
+session that needs torch: torch alone is about 750 MB, and six copies of it made a
+fresh run slow and large. ``nox -s tests-<name>`` still tests one package alone.
 
 Adding a package is one line in ``PACKAGES``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
+CONSTRAINTS = ROOT / "testing" / "constraints.txt"
 TORCH = "torch==2.13.0"  # the CPU wheel on disk; any other request pulls gigabytes
-TEST_DEPS = ("pytest>=8", "pytest-timeout>=2.3")
+TEST_DEPS = ("pytest", "pytest-timeout")
+# Test-only tools of the shared torch environment (versions in CONSTRAINTS).
+TORCH_TOOLS = ("numpy", "mypy", "nnsight")
 STDLIB_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
-TORCH_PYTHONS = ("3.11",)
+TORCH_PYTHON = "3.11"
+TORCH_ENV = ROOT / ".nox" / f"torch-{TORCH_PYTHON}"
 
+nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "virtualenv"
 nox.options.reuse_existing_virtualenvs = False
 
@@ -34,7 +48,8 @@ class Package:
     Attributes:
         name: directory under ``packages/``; the import name is ``endoscope_<name>``
             (``endoscope`` for the meta-package).
-        torch: whether the package needs torch (tested on ``TORCH_PYTHONS`` only).
+        torch: whether the package needs torch (tested in the shared torch
+            environment on ``TORCH_PYTHON`` only).
         siblings: other endoscope packages it depends on, installed from this tree.
         extras: optional extras installed for its tests.
         test_deps: extra test-only requirements.
@@ -51,8 +66,9 @@ class Package:
         return ROOT / "packages" / self.name
 
     @property
-    def pythons(self) -> tuple[str, ...]:
-        return TORCH_PYTHONS if self.torch else STDLIB_PYTHONS
+    def requirement(self) -> str:
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"{self.path}{extras}"
 
 
 # The package table: one line per distribution, in dependency order.
@@ -69,6 +85,8 @@ PACKAGES: tuple[Package, ...] = (
     ),
     Package("endoscope", torch=True, siblings=("envoy",), extras=("plot",)),
 )
+STDLIB_PACKAGES = tuple(p for p in PACKAGES if not p.torch)
+TORCH_PACKAGES = tuple(p for p in PACKAGES if p.torch)
 
 
 def _use_pyenv_interpreters() -> None:
@@ -110,8 +128,8 @@ def _by_name(name: str) -> Package:
     raise KeyError(name)
 
 
-def _install_packages(session: nox.Session, packages: list[Package], *, torch: bool) -> None:
-    """Install the given packages (and their siblings) from this tree in one pip call."""
+def _with_siblings(packages: tuple[Package, ...] | list[Package]) -> list[Package]:
+    """The packages and every sibling they depend on, dependencies first."""
     wanted: dict[str, Package] = {}
 
     def add(package: Package) -> None:
@@ -121,81 +139,163 @@ def _install_packages(session: nox.Session, packages: list[Package], *, torch: b
 
     for package in packages:
         add(package)
-    requirements: list[str] = [*TEST_DEPS]
-    if torch:
-        # numpy: the torch wheel warns at import without it.
-        requirements[:0] = [TORCH, "numpy"]
-    for package in wanted.values():
-        extras = f"[{','.join(package.extras)}]" if package.extras else ""
-        requirements.append(f"{package.path}{extras}")
-        requirements.extend(package.test_deps)
-    session.install(*requirements)
+    return list(wanted.values())
 
 
-def _make_test_session(package: Package) -> None:
-    def tests(session: nox.Session) -> None:
-        _install_packages(session, [package], torch=package.torch)
+def _pip_install(session: nox.Session, *args: str, python: str | None = None) -> None:
+    """Install under the constraints file, into the session's env or ``python``'s."""
+    if python is None:
+        session.install("-c", str(CONSTRAINTS), *args)
+    else:
         session.run(
-            "pytest",
-            str(package.path / "tests"),
-            f"--rootdir={package.path}",
-            "-p",
-            "no:cacheprovider",
-            *session.posargs,
+            python, "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), *args, external=True
         )
 
-    tests.__doc__ = f"Run the endoscope-{package.name} tests."
-    nox.session(name=f"tests-{package.name}", python=list(package.pythons))(tests)
+
+def _install_stdlib(session: nox.Session, packages: list[Package]) -> None:
+    """Install stdlib-only packages (never torch) and their test tools."""
+    _pip_install(session, "hatchling")
+    requirements = [*TEST_DEPS]
+    for package in _with_siblings(packages):
+        requirements += ["-e", package.requirement, *package.test_deps]
+    _pip_install(session, "--no-build-isolation", *requirements)
+
+
+def _torch_env_key() -> str:
+    """What the shared environment was built from: when it changes, rebuild."""
+    digest = hashlib.sha256()
+    digest.update(CONSTRAINTS.read_bytes())
+    digest.update(repr((TORCH, TEST_DEPS, TORCH_TOOLS, PACKAGES)).encode())
+    for package in PACKAGES:
+        digest.update((package.path / "pyproject.toml").read_bytes())
+    return digest.hexdigest()
+
+
+def _torch_python(session: nox.Session) -> str:
+    """The interpreter of the shared torch environment, built on first use.
+
+    The environment holds every package of this tree as an editable install, so
+    source edits need no reinstall; a change to the constraints or to any
+    ``pyproject.toml`` rebuilds it from scratch. Its stamp is written last, so an
+    interrupted build is rebuilt too.
+    """
+    python = TORCH_ENV / "bin" / "python"
+    stamp = TORCH_ENV / "endoscope-env-key"
+    key = _torch_env_key()
+    if stamp.is_file() and stamp.read_text() == key and python.is_file():
+        session.log(f"Reusing the shared torch environment {TORCH_ENV}")
+        return str(python)
+    if TORCH_ENV.exists():
+        shutil.rmtree(TORCH_ENV)
+    interpreter = shutil.which(f"python{TORCH_PYTHON}")
+    if interpreter is None:
+        session.error(f"python{TORCH_PYTHON} not found: the torch packages are tested on it")
+    session.log(f"Building the shared torch environment {TORCH_ENV}")
+    session.run(
+        sys.executable, "-m", "virtualenv", "--quiet", "-p", interpreter, str(TORCH_ENV),
+        external=True,
+    )  # fmt: skip
+    _pip_install(session, "hatchling", python=str(python))
+    requirements = [TORCH, *TEST_DEPS, *TORCH_TOOLS]
+    for package in PACKAGES:
+        requirements += ["-e", package.requirement, *package.test_deps]
+    _pip_install(session, "--no-build-isolation", *requirements, python=str(python))
+    stamp.write_text(key)
+    return str(python)
+
+
+def _pytest(session: nox.Session, python: str | None, package: Package) -> None:
+    command = [
+        "-m", "pytest", str(package.path / "tests"), f"--rootdir={package.path}",
+        "-p", "no:cacheprovider", *session.posargs,
+    ]  # fmt: skip
+    if python is None:
+        session.run("python", *command)
+    else:
+        session.run(python, *command, external=True)
+
+
+def _make_stdlib_session(package: Package) -> None:
+    def tests(session: nox.Session) -> None:
+        _install_stdlib(session, [package])
+        _pytest(session, None, package)
+
+    tests.__doc__ = f"Run the endoscope-{package.name} tests (stdlib only, no torch)."
+    nox.session(name=f"tests-{package.name}", python=list(STDLIB_PYTHONS))(tests)
+
+
+def _make_torch_session(package: Package) -> None:
+    def tests(session: nox.Session) -> None:
+        _pytest(session, _torch_python(session), package)
+
+    tests.__doc__ = f"Run the endoscope-{package.name} tests in the shared torch environment."
+    nox.session(name=f"tests-{package.name}", venv_backend="none")(tests)
 
 
 for _package in PACKAGES:
-    _make_test_session(_package)
+    (_make_torch_session if _package.torch else _make_stdlib_session)(_package)
 
 
-@nox.session(python=TORCH_PYTHONS[0])
+@nox.session(venv_backend="none")
 def integration(session: nox.Session) -> None:
     """Run the cross-package tests in integration_tests/ against every package."""
-    _install_packages(session, list(PACKAGES), torch=True)
-    session.run("pytest", "integration_tests", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        _torch_python(session), "-m", "pytest", "integration_tests", "-p", "no:cacheprovider",
+        *session.posargs, external=True,
+    )  # fmt: skip
 
 
-@nox.session(python=TORCH_PYTHONS[0])
+@nox.session(python=TORCH_PYTHON)
 def lint(session: nox.Session) -> None:
     """Check style and formatting with ruff."""
-    session.install("ruff>=0.6")
+    _pip_install(session, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=TORCH_PYTHONS[0])
+@nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
     """Type-check every package's sources with mypy."""
-    _install_packages(session, list(PACKAGES), torch=any(p.torch for p in PACKAGES))
-    session.install("mypy>=1.10")
+    python = _torch_python(session)
     for package in PACKAGES:
-        session.run("mypy", str(package.path / "src"))
+        session.run(python, "-m", "mypy", str(package.path / "src"), external=True)
 
 
-@nox.session(python=TORCH_PYTHONS[0], default=False)
+@nox.session(python=TORCH_PYTHON, default=False)
 def build(session: nox.Session) -> None:
     """Build a wheel of every package into dist/."""
-    session.install("build")
+    _pip_install(session, "build")
     for package in PACKAGES:
         session.run(
             "python", "-m", "build", "--wheel", "--outdir", str(ROOT / "dist"), str(package.path)
         )
 
 
-@nox.session(python=TORCH_PYTHONS[0], default=False)
+@nox.session(python=TORCH_PYTHON, default=False)
 def demo(session: nox.Session) -> None:
-    """Run the main job on the shipped demo model: ``python -m endoscope demo``."""
-    _install_packages(session, [_by_name("endoscope")], torch=True)
+    """Run the main job on the shipped demo model: ``python -m endoscope demo``.
+
+    Installs the meta-package as a user would (not editable, only what it needs);
+    options after ``--`` go to the demo, e.g. ``nox -s demo -- --out results/``.
+    """
+    packages = [p.requirement for p in _with_siblings([_by_name("endoscope")])]
+    _pip_install(session, "hatchling")
+    _pip_install(session, "--no-build-isolation", TORCH, *packages)
     session.run("python", "-m", "endoscope", "demo", *session.posargs)
 
 
-@nox.session(python=TORCH_PYTHONS[0], default=False)
+@nox.session(venv_backend="none", default=False)
 def bench(session: nox.Session) -> None:
     """Run the overhead benchmark (options after ``--``, e.g. ``--quick``)."""
-    # transformers comes with the meta-package (the tiny GPT-2 has random weights).
-    _install_packages(session, list(PACKAGES), torch=True)
-    session.run("python", str(ROOT / "benchmarks" / "overhead.py"), *session.posargs)
+    session.run(
+        _torch_python(session), str(ROOT / "benchmarks" / "overhead.py"), *session.posargs,
+        external=True,
+    )  # fmt: skip
+
+
+@nox.session(venv_backend="none", default=False)
+def pins(session: nox.Session) -> None:
+    """List the pins of testing/constraints.txt that are behind the newest release."""
+    session.run(
+        sys.executable, str(ROOT / "testing" / "outdated.py"), str(CONSTRAINTS), external=True
+    )
