@@ -10,15 +10,19 @@ clean.
 The script is deterministic: the corpus and the vocabulary are built in a fixed
 order (no hash-ordered sets, no tokenizer trainer whose tie-breaking could change),
 torch is seeded, runs on one thread with ``torch.use_deterministic_algorithms``,
-and the full-batch training loop has a fixed schedule. Two runs on the same machine
-write byte-identical weights; on the reference machine (x86-64 CPU, torch 2.13,
-transformers 5.23) the SHA-256 of ``model.safetensors`` is
+and the full-batch training loop has a fixed schedule. Floating-point rounding also
+depends on which vector instructions the kernels use, which by default is the best
+the CPU offers (AVX-512 on one machine, AVX2 on another): the script pins ATen's
+kernels and MKL's code path to AVX2 (``REPRODUCIBLE_ENV``), which every x86-64 CPU
+of the last decade has, Intel or AMD. Two runs write byte-identical weights; with
+torch 2.13 the SHA-256 of ``model.safetensors`` is
 
-    3ae51fcb0f67751a383e226f5e4e0141fc8ca7ddd0b367de3b5abbcfdc8a2d2c
+    d2d85d111d903e326ec20e8645252bc2128eda4bc64932a28274484b12306fc0
 
-(``REFERENCE_SHA256`` below), reached after 150 full-batch steps in about 30
-seconds on one core; the saved directory is about 3.3 MB. Other CPUs or torch
-versions may round differently and so produce other (equally correct) weights.
+(``REFERENCE_SHA256`` below), reached after 150 full-batch steps in about a minute
+on one core; the saved directory is about 3.3 MB. Another torch version, or a CPU
+without AVX2 (ARM), may round differently and so produce other (equally correct)
+weights; the script then says so.
 
 Training stops once every fact is completed correctly by greedy decoding with a
 margin (the answer's logit beats every other token's by ``--margin``); the script
@@ -35,12 +39,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REFERENCE_SHA256 = "3ae51fcb0f67751a383e226f5e4e0141fc8ca7ddd0b367de3b5abbcfdc8a2d2c"
+REFERENCE_SHA256 = "d2d85d111d903e326ec20e8645252bc2128eda4bc64932a28274484b12306fc0"
+
+# The same rounding on any x86-64 CPU with AVX2: ATen's kernels and MKL's code path
+# are pinned instead of chosen by CPU. Read when torch is first imported, so set
+# before that (main() imports torch itself).
+REPRODUCIBLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "src" / "endoscope" / "demo_model"
 
@@ -449,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if "torch" in sys.modules:
+        print("warning: torch was imported before the script set its kernels", file=sys.stderr)
+    os.environ.update(REPRODUCIBLE_ENV)
     import torch
     from transformers.utils import logging as transformers_logging
 
