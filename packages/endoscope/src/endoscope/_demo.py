@@ -9,6 +9,9 @@ the package, so loading it needs no network.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +53,37 @@ def demo_facts() -> dict[str, list[dict[str, str]]]:
     return json.loads(text)
 
 
+def is_demo_model(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the shipped demo model's directory."""
+    try:
+        return Path(path).resolve() == Path(__file__).resolve().parent / "demo_model"
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' progress bars (``Loading weights``) while loading.
+
+    The demo model loads in well under a second; a bar flashing past says nothing
+    and litters a notebook's or the demo's output. The setting is restored after.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def demo_model(**kwargs: Any) -> LanguageModel:
-    """Load the demo model as a :class:`LanguageModel`, offline.
+    """Load the demo model as a :class:`LanguageModel`, offline, without progress bars.
+
+    Its weights are loaded at once (``dispatch=True`` unless given): the model is
+    small, and loading here keeps the first trace's output free of loading noise.
 
     Example:
         >>> import endoscope
@@ -70,7 +102,9 @@ def demo_model(**kwargs: Any) -> LanguageModel:
     """
     from ._language_model import LanguageModel
 
-    return LanguageModel(str(demo_model_path()), **kwargs)
+    kwargs.setdefault("dispatch", True)
+    with quiet_loading():
+        return LanguageModel(str(demo_model_path()), **kwargs)
 
 
 def load_demo_transformers() -> tuple[Any, Any]:
@@ -83,6 +117,7 @@ def load_demo_transformers() -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = demo_model_path()
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer

@@ -10,6 +10,7 @@ dtype options straight through to transformers and accelerate.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -95,8 +96,15 @@ def meta_model(automodel: Any, config: Any, options: Mapping[str, Any]) -> torch
 def load_pretrained(
     automodel: Any, repo_id_or_path: str | os.PathLike[str], options: Mapping[str, Any]
 ) -> torch.nn.Module:
-    """The model with its real weights (``from_pretrained(repo_id_or_path, **options)``)."""
-    model = automodel.from_pretrained(repo_id_or_path, **options)
+    """The model with its real weights (``from_pretrained(repo_id_or_path, **options)``).
+
+    The shipped demo model loads without transformers' progress bar, also when its
+    weights are read lazily at the first trace.
+    """
+    from ._demo import is_demo_model, quiet_loading
+
+    with quiet_loading() if is_demo_model(repo_id_or_path) else contextlib.nullcontext():
+        model = automodel.from_pretrained(repo_id_or_path, **options)
     return model.eval()
 
 

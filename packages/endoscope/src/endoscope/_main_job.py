@@ -43,7 +43,9 @@ __all__ = [
     "run_demo",
 ]
 
-DEFAULT_OUT = Path("endoscope-demo-patching.png")
+# Under the working directory, in a folder of its own (git-ignored in this
+# repository), never beside the user's files or inside an installed package.
+DEFAULT_OUT = Path("endoscope-demo") / "patching.png"
 
 # Prompt pairs tried, in order, on a model given with --model: the first pair whose
 # prompts have the same number of tokens and different predictions is used.
@@ -52,6 +54,19 @@ GENERIC_PAIRS: tuple[tuple[str, str], ...] = (
     ("The Eiffel Tower is in the city of", "The Colosseum is in the city of"),
     ("The capital of Japan is", "The capital of Egypt is"),
     ("Paris is the capital of", "Berlin is the capital of"),
+)
+
+
+# The demo's --help text: plain text, as a terminal shows it (the module docstring
+# says the same in reStructuredText).
+DEMO_DESCRIPTION = (
+    "On the shipped demo model (or any causal language model given with --model) the "
+    "demo prints the module tree, a logit lens (the top next token read from every "
+    "layer's hidden state at the last position) and an activation-patching sweep: for "
+    "every layer and token position, the hidden state of a clean prompt is written into "
+    "the run of a corrupt prompt that differs only in its subject, and the change in the "
+    "prediction is measured. The sweep is drawn as a PNG heatmap (see --out) when "
+    "matplotlib is installed."
 )
 
 
@@ -405,6 +420,7 @@ def plot_patching(result: PatchingResult, path: str | Path) -> Path | None:
             colour = "white" if value > 0.6 else "black"
             axes.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
     figure.colorbar(image, ax=axes, shrink=0.8)
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
@@ -619,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="module tree, logit lens and activation patching on a language model",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=DEMO_DESCRIPTION,
     )
     demo.add_argument(
         "--model",
@@ -630,8 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help=f"where to write the patching heatmap PNG (default: {DEFAULT_OUT})",
+        metavar="PNG",
+        help=f"where to write the patching heatmap (default: {DEFAULT_OUT}, under the "
+        "current directory; missing folders are made)",
     )
+    demo.add_argument("--no-plot", action="store_true", help="do not write the heatmap")
     demo.add_argument("--prompt", help="the clean prompt (needs --corrupt)")
     demo.add_argument(
         "--corrupt", help="the prompt to patch into: same number of tokens, another subject"
@@ -654,16 +673,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--prompt and --corrupt go together (two prompts with the same number of tokens)"
         )
-    from transformers.utils import logging as transformers_logging
+    from ._demo import quiet_loading
 
-    bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()  # no "Loading weights" bar in the report
+    out = None if args.no_plot else args.out
     try:
-        run_demo(args.model, prompt=args.prompt, corrupt=args.corrupt, out=args.out)
+        with quiet_loading():  # no "Loading weights" bar in the report
+            run_demo(args.model, prompt=args.prompt, corrupt=args.corrupt, out=out)
     except (ValueError, LookupError) as error:
         print(f"python -m endoscope demo: error: {error}", file=sys.stderr)
         return 1
-    finally:
-        if bars:
-            transformers_logging.enable_progress_bar()
     return 0
