@@ -7,9 +7,11 @@ the newest release.
 
 Every third-party package is installed under ``testing/constraints.txt`` (exact
 versions), so a run resolves the same versions on any day. The torch-based packages
-share one environment (``.nox/torch-3.11``), built once per run and reused by every
-session that needs torch: torch alone is about 750 MB, and six copies of it made a
-fresh run slow and large. ``nox -s tests-<name>`` still tests one package alone.
+share one environment (``.nox/torch-3.11``, this tree's packages installed editable),
+built by the first session that needs it and reused until the constraints or a
+``pyproject.toml`` change (delete the folder to force a rebuild): torch alone is
+about 750 MB, and six copies of it made a fresh run slow and large; the stdlib-only packages share one small environment per
+interpreter (``tests-stdlib``). ``nox -s tests-<name>`` still tests one package alone.
 
 Adding a package is one line in ``PACKAGES``.
 """
@@ -64,6 +66,10 @@ class Package:
     @property
     def path(self) -> Path:
         return ROOT / "packages" / self.name
+
+    @property
+    def distribution(self) -> str:
+        return "endoscope" if self.name == "endoscope" else f"endoscope-{self.name}"
 
     @property
     def requirement(self) -> str:
@@ -152,9 +158,14 @@ def _pip_install(session: nox.Session, *args: str, python: str | None = None) ->
         )
 
 
+# This tree's packages are installed without build isolation, so that their build
+# backend is pinned too: hatchling and, for editable installs, editables.
+BUILD_DEPS = ("hatchling", "editables")
+
+
 def _install_stdlib(session: nox.Session, packages: list[Package]) -> None:
     """Install stdlib-only packages (never torch) and their test tools."""
-    _pip_install(session, "hatchling")
+    _pip_install(session, *BUILD_DEPS)
     requirements = [*TEST_DEPS]
     for package in _with_siblings(packages):
         requirements += ["-e", package.requirement, *package.test_deps]
@@ -195,7 +206,7 @@ def _torch_python(session: nox.Session) -> str:
         sys.executable, "-m", "virtualenv", "--quiet", "-p", interpreter, str(TORCH_ENV),
         external=True,
     )  # fmt: skip
-    _pip_install(session, "hatchling", python=str(python))
+    _pip_install(session, *BUILD_DEPS, python=str(python))
     requirements = [TORCH, *TEST_DEPS, *TORCH_TOOLS]
     for package in PACKAGES:
         requirements += ["-e", package.requirement, *package.test_deps]
@@ -220,20 +231,29 @@ def _make_stdlib_session(package: Package) -> None:
         _install_stdlib(session, [package])
         _pytest(session, None, package)
 
-    tests.__doc__ = f"Run the endoscope-{package.name} tests (stdlib only, no torch)."
-    nox.session(name=f"tests-{package.name}", python=list(STDLIB_PYTHONS))(tests)
+    tests.__doc__ = f"Run the {package.distribution} tests (stdlib only, no torch)."
+    # Plain `nox` runs these through tests-stdlib, one environment per interpreter.
+    nox.session(name=f"tests-{package.name}", python=list(STDLIB_PYTHONS), default=False)(tests)
 
 
 def _make_torch_session(package: Package) -> None:
     def tests(session: nox.Session) -> None:
         _pytest(session, _torch_python(session), package)
 
-    tests.__doc__ = f"Run the endoscope-{package.name} tests in the shared torch environment."
+    tests.__doc__ = f"Run the {package.distribution} tests in the shared torch environment."
     nox.session(name=f"tests-{package.name}", venv_backend="none")(tests)
 
 
 for _package in PACKAGES:
     (_make_torch_session if _package.torch else _make_stdlib_session)(_package)
+
+
+@nox.session(name="tests-stdlib", python=list(STDLIB_PYTHONS))
+def tests_stdlib(session: nox.Session) -> None:
+    """Run the tests of every stdlib-only package in one environment (no torch)."""
+    _install_stdlib(session, list(STDLIB_PACKAGES))
+    for package in STDLIB_PACKAGES:
+        _pytest(session, None, package)
 
 
 @nox.session(venv_backend="none")
@@ -279,7 +299,7 @@ def demo(session: nox.Session) -> None:
     options after ``--`` go to the demo, e.g. ``nox -s demo -- --out results/``.
     """
     packages = [p.requirement for p in _with_siblings([_by_name("endoscope")])]
-    _pip_install(session, "hatchling")
+    _pip_install(session, *BUILD_DEPS)
     _pip_install(session, "--no-build-isolation", TORCH, *packages)
     session.run("python", "-m", "endoscope", "demo", *session.posargs)
 
