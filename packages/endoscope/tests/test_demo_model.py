@@ -186,7 +186,7 @@ def _determined(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_retraining_reproduces_the_shipped_weights(tmp_path, script):
-    # About a minute on one core. On a CPU without AVX2 or torch build the rounding may
+    # About a minute on one core. On a CPU without AVX2 or another torch the rounding may
     # differ; the script then says so and prints the new hash. What is compared is
     # what retraining determines (weights, model fields, vocabulary, facts), never a
     # version string a library stamps, so a newer transformers cannot fail this test.
@@ -197,7 +197,7 @@ def test_retraining_reproduces_the_shipped_weights(tmp_path, script):
         [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=1200,  # about a minute alone; far longer on a loaded machine,
+        timeout=1200,  # about a minute alone; far longer on a loaded machine
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
