@@ -107,6 +107,7 @@ def test_a_passed_envoys_replaces_the_class_default(net) -> None:
 
     assert type(Defaulted(net).head) is A  # omitted: the class default
     assert kinds(Defaulted(net, envoys=None)) == {}  # None: plain Envoy everywhere
+    assert kinds(Defaulted(net, envoys={})) == {}
     replaced = Defaulted(net, envoys={nn.ReLU: B})
     assert type(replaced.head) is Envoy  # not merged with the class default
     assert type(replaced.layers[0].act) is B
