@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from endoscope_cache import Cache, parse_provider
+from endoscope_cache import Cache, load, parse_provider
 from endoscope_cache import _cache as cache_module
 
 
@@ -49,18 +49,41 @@ def test_every_module_matches_plain_torch_hooks(
     assert torch.equal(d.model.inputs[1]["mask"], torch.ones(2, 5))
 
 
-def test_outputs_only_by_default(toy, ids, recorder_factory) -> None:
+def test_outputs_only_by_default(toy, ids, recorder_factory, tmp_path) -> None:
+    """A kind the options switch off reads as None, as in nnsight 0.8.1 (whose
+    ``tracer.cache()`` entries give ``.input``/``.inputs`` None unless
+    ``include_inputs=True``, and ``.output`` None with ``include_output=False``);
+    on disk too."""
     cache = Cache()
     recorder_factory(toy, cache)
     toy(ids)
-    with pytest.raises(AttributeError, match="include_inputs=True"):
-        _ = cache.cache.model.embed.inputs
+    embed = cache.cache.model.embed
+    assert embed.inputs is None and embed.input is None
+    assert torch.equal(embed.output, toy.embed(ids))
+    assert "inputs" not in repr(cache.cache["model.embed"])  # nothing is held
     inputs_only = Cache(include_output=False, include_inputs=True)
     recorder_factory(toy, inputs_only)
     toy(ids)
     assert torch.equal(inputs_only.cache.model.embed.input, ids)
-    with pytest.raises(AttributeError, match="include_output=True"):
-        _ = inputs_only.cache.model.embed.output
+    assert inputs_only.cache.model.embed.output is None
+    assert inputs_only.cache["model.shared"].output == [None, None]  # two calls
+    again = load(inputs_only.cache.dump(tmp_path / "copy"))
+    assert again.model.embed.output is None and torch.equal(again.model.embed.input, ids)
+    streamed = Cache(directory=tmp_path / "streamed")
+    recorder_factory(toy, streamed)
+    toy(ids)
+    streamed.close()
+    assert load(tmp_path / "streamed").model.embed.inputs is None
+
+
+def test_a_kept_kind_a_call_never_produced_still_explains_itself() -> None:
+    """The clear error stays where the cache keeps the kind but the call left none
+    (the module did not return: an error or a stop ended the run)."""
+    cache = Cache(include_inputs=True)
+    cache.add("model.fc.input.i0", ((torch.ones(1),), {}))
+    with pytest.raises(AttributeError, match="did not finish this call"):
+        _ = cache.cache.model.fc.output
+    assert torch.equal(cache.cache.model.fc.input, torch.ones(1))
 
 
 def test_module_filter_accepts_paths_and_objects_with_path(

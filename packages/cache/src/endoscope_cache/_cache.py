@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ._cachedict import CacheDict
-from ._entry import _OUTPUT, Entry, EntryList
+from ._entry import _OUTPUT, Entry, EntryList, off_kinds, switched_off
 from ._nested import map_tensors
 from ._shards import DEFAULT_SHARD_SIZE, ShardWriter
 
@@ -209,6 +209,7 @@ class Cache:
         self.include_inputs = bool(include_inputs)
         self.directory = None if directory is None else Path(directory)
         self.cache = CacheDict(rename=rename, alias=alias)
+        self.cache._off = switched_off(self.include_output, self.include_inputs)
         # "<path>.<output|input>" -> (path, kind), or None when filtered out.
         self._heads: dict[str, tuple[str, str] | None] = {}
         self._writer: ShardWriter | None = None
@@ -224,7 +225,11 @@ class Cache:
                 self.directory,
                 shard_size=shard_size,
                 device=self.device,
-                header={"rename": self.cache._names.rename, "alias": self.cache._names.alias},
+                header={
+                    "rename": self.cache._names.rename,
+                    "alias": self.cache._names.alias,
+                    "switched_off": off_kinds(self.cache._off),
+                },
             )
             self.cache._location = str(self.directory)
             # Write the last shard even if close() is never called.
@@ -393,6 +398,7 @@ class Cache:
         cache = self.cache
         setdefault = dict.setdefault
         empty = Entry._empty
+        flags = _OUTPUT | cache._off
         store = self._store
         transform = self._transform
         tensor = torch.Tensor
@@ -415,7 +421,7 @@ class Cache:
                     )
                 entry = empty(0)
                 entry._output = value  # _set("output", value), inlined
-                entry._flags = _OUTPUT
+                entry._flags = flags
                 if setdefault(cache, path, entry) is not entry:
                     # The path has entries already (from add()): file it as add() would.
                     store(path, "output", 0, value)

@@ -131,6 +131,9 @@ class CacheDict(dict[str, Any]):
     _names: _Names
     _slots: dict[str, dict[int | None, tuple[Entry, int]]]
     _location: str | None
+    # The kinds the filling cache does not keep (flags of _entry.switched_off):
+    # new entries read None for them.
+    _off: int = 0
 
     def __init__(
         self,
@@ -169,14 +172,14 @@ class CacheDict(dict[str, Any]):
             if dict.__contains__(self, path):
                 slots = self._rebuild_slots(path)
             else:
-                entry = Entry._empty(iteration)
+                entry = Entry._empty(iteration, self._off)
                 dict.__setitem__(self, path, entry)
                 self._slots[path] = {iteration: (entry, 0), None: (entry, 0)}
                 return entry, 0
         found = slots.get(iteration)
         if found is not None and not found[0]._has(kind):
             return found
-        entry = Entry._empty(iteration)
+        entry = Entry._empty(iteration, self._off)
         current = dict.__getitem__(self, path)
         if isinstance(current, EntryList):
             current.append(entry)
@@ -203,7 +206,7 @@ class CacheDict(dict[str, Any]):
             [] if current is None else list(current) if isinstance(current, list) else [current]
         )
         while len(entries) <= index:
-            entries.append(Entry._empty(iteration))
+            entries.append(Entry._empty(iteration, self._off))
         entries[index].iteration = iteration
         entries[index]._set(kind, value)
         dict.__setitem__(self, path, entries[0] if len(entries) == 1 else EntryList(entries))

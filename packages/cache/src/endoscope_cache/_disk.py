@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._cachedict import CacheDict
-from ._entry import KINDS, Entry
+from ._entry import KINDS, Entry, off_flags, off_kinds
 from ._shards import (
     DEFAULT_SHARD_SIZE,
     FORMAT,
@@ -75,6 +75,7 @@ def load(directory: str | Path, device: torch.device | str | None = "cpu") -> Ca
     """
     manifest = read_manifest(directory)
     cache = CacheDict(rename=manifest.get("rename"), alias=manifest.get("alias"))
+    cache._off = off_flags(manifest.get("switched_off", []))
     cache._location = str(Path(directory))
     reader = ShardReader(directory, device)
     for record in manifest["records"]:
@@ -107,7 +108,11 @@ def dump(cache: Any, directory: str | Path, *, shard_size: int | None = None) ->
     writer = ShardWriter(
         directory,
         shard_size=shard_size or DEFAULT_SHARD_SIZE,
-        header={"rename": names.rename, "alias": names.alias},
+        header={
+            "rename": names.rename,
+            "alias": names.alias,
+            "switched_off": off_kinds(entries._root_dict()._off),
+        },
     )
     try:
         for path, value in dict.items(entries):

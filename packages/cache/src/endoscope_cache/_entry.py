@@ -15,9 +15,37 @@ KINDS = ("output", "inputs")
 _OUTPUT = 1
 _INPUTS = 2
 _FLAG = {"output": _OUTPUT, "inputs": _INPUTS}
+# A kind the cache was told not to keep: reading it gives None (as nnsight's cache).
+_OUTPUT_OFF = 4
+_INPUTS_OFF = 8
+_OFF = {"output": _OUTPUT_OFF, "inputs": _INPUTS_OFF}
+
+
+def switched_off(include_output: bool, include_inputs: bool) -> int:
+    """The flags of the kinds a cache with these options does not keep."""
+    return (0 if include_output else _OUTPUT_OFF) | (0 if include_inputs else _INPUTS_OFF)
+
+
+def off_kinds(off: int) -> list[str]:
+    """The names of the kinds ``off`` switches off (for a manifest)."""
+    return [kind for kind in KINDS if off & _OFF[kind]]
+
+
+def off_flags(kinds: list[str]) -> int:
+    """``off_kinds``' inverse."""
+    return sum(_OFF[kind] for kind in set(kinds) if kind in _OFF)
+
+
 _HINT = {
-    "output": "pass include_output=True to cache outputs",
-    "inputs": "pass include_inputs=True to cache inputs",
+    "output": (
+        "the module did not finish this call (an error or tracer.stop() ended the run "
+        "before it returned), or outputs were not recorded (include_output=True "
+        "records them)"
+    ),
+    "inputs": (
+        "they were not recorded (include_inputs=True records them; a cache made while "
+        "the module was already running misses that call's inputs)"
+    ),
 }
 
 
@@ -47,8 +75,12 @@ class Entry:
         inputs: ``(args, kwargs)`` of the call, if they were cached.
         iteration: which call of the module this is (``i<n>`` in the provider string).
 
+    Reading a kind the cache was told not to keep (``include_output=False``,
+    ``include_inputs=False``) gives ``None``, as nnsight's cache does.
+
     Raises:
-        AttributeError: reading ``output`` or ``inputs`` when that part was not cached.
+        AttributeError: reading ``output`` or ``inputs`` when the cache keeps that
+            kind but this call left none (the module never finished its call).
     """
 
     __slots__ = ("_flags", "_inputs", "_output", "iteration")
@@ -64,10 +96,10 @@ class Entry:
         self.iteration = iteration
 
     @classmethod
-    def _empty(cls, iteration: int | None) -> Entry:
+    def _empty(cls, iteration: int | None, off: int = 0) -> Entry:
         entry = cls.__new__(cls)  # skips __init__'s argument checks: add() is hot
         entry._output = entry._inputs = None
-        entry._flags = 0
+        entry._flags = off  # the kinds the cache does not keep (see switched_off)
         entry.iteration = iteration
         return entry
 
@@ -87,17 +119,16 @@ class Entry:
 
     def _read(self, kind: str) -> Any:
         if not self._flags & _FLAG[kind]:
+            if self._flags & _OFF[kind]:
+                return None
             which = "" if self.iteration is None else f" (iteration {self.iteration})"
-            raise AttributeError(
-                f"this entry{which} holds no {kind}: {_HINT[kind]}, or check that the "
-                f"module finished its call"
-            )
+            raise AttributeError(f"this entry{which} holds no {kind}: {_HINT[kind]}")
         value = self._raw(kind)
         return value.load() if isinstance(value, Deferred) else value
 
     @property
     def output(self) -> Any:
-        """The module's return value."""
+        """The module's return value (``None`` if the cache does not keep outputs)."""
         return self._read("output")
 
     @output.setter
@@ -106,7 +137,8 @@ class Entry:
 
     @property
     def inputs(self) -> Any:
-        """``(args, kwargs)`` the module was called with."""
+        """``(args, kwargs)`` the module was called with (``None`` if the cache does
+        not keep inputs)."""
         return self._read("inputs")
 
     @inputs.setter
@@ -117,9 +149,13 @@ class Entry:
     def input(self) -> Any:
         """The first argument: the first positional one, else the first keyword one.
 
-        ``None`` when the module was called without arguments.
+        ``None`` when the module was called without arguments, or when the cache
+        does not keep inputs.
         """
-        args, kwargs = self.inputs
+        inputs = self.inputs
+        if inputs is None:
+            return None
+        args, kwargs = inputs
         if args:
             return args[0]
         for value in kwargs.values():

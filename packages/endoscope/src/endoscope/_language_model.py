@@ -40,6 +40,9 @@ from ._rebinding import rebind
 
 __all__ = ["LanguageModel"]
 
+# envoys= not given: the class attribute applies (a given None means plain Envoy).
+_CLASS_ENVOYS: Any = object()
+
 # The frames of LanguageModel and of the modules it runs during a trace are
 # endoscope's own: hidden from tracebacks, never taken for the user's line. Not
 # the whole package: _main_job opens traces as a user does.
@@ -84,7 +87,7 @@ class LanguageModel(NNsight):
         dtype: the weights' dtype (``torch.float16``, ``"bfloat16"``, ``"auto"``).
         torch_dtype: the older name of ``dtype``.
         rename: extra names for modules (see :class:`NNsight`).
-        envoys: Envoy subclass per module type (see :class:`NNsight`).
+        envoys: which Envoy class wraps each module (see :class:`NNsight`).
         scheduler: how interventions run (see :class:`NNsight`).
         tokenizer_kwargs: extra ``AutoTokenizer.from_pretrained`` arguments.
         **from_pretrained_kwargs: everything else goes to ``from_pretrained``
@@ -107,7 +110,7 @@ class LanguageModel(NNsight):
         dtype: Any = None,
         torch_dtype: Any = None,
         rename: Mapping[str, str | Sequence[str]] | None = None,
-        envoys: Mapping[type, type[Envoy]] | None = None,
+        envoys: type[Envoy] | Mapping[type | str, type[Envoy]] | None = _CLASS_ENVOYS,
         scheduler: Any = None,
         tokenizer_kwargs: Mapping[str, Any] | None = None,
         **from_pretrained_kwargs: Any,
@@ -143,6 +146,8 @@ class LanguageModel(NNsight):
                 module = meta_model(self._automodel, config, options)
         self.tokenizer = self._resolve_tokenizer(tokenizer, module, dict(tokenizer_kwargs or {}))
         self._takes_positions = "position_ids" in inspect.signature(module.forward).parameters
+        if envoys is _CLASS_ENVOYS:
+            envoys = type(self).envoys
         super().__init__(module, rename=rename, envoys=envoys, scheduler=scheduler)
         # generate()'s ids and streamed tokens pass through these (see _generator).
         self._generator = Generator()

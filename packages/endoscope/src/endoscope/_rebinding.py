@@ -38,13 +38,14 @@ def _rebind(envoy: Envoy, module: torch.nn.Module, root: NNsight) -> None:
     envoy._source = None  # built from the old module's forward on first use
     children: dict[str, Envoy] = {}
     for name, child in module.named_children():
-        envoy_type = root._envoy_type_for(child)
+        path = f"{envoy.path}.{name}"
+        envoy_type = root._envoy_type_for(child, path)
         kept = envoy._children.get(name)
         if kept is not None and type(kept) is envoy_type:
             _rebind(kept, child, root)
             children[name] = kept
         else:
-            children[name] = envoy_type(child, path=f"{envoy.path}.{name}", root=root, parent=envoy)
+            children[name] = envoy_type(child, path=path, root=root, parent=envoy)
     # Updated in place: an edited copy of the model shares these dicts.
     envoy._children.clear()
     envoy._children.update(children)

@@ -93,6 +93,7 @@ def attach_cache(
         directory=directory,
     )
     interleaver = tracer.interleaver
+    rows = _invoke_rows(interleaver)
     if (
         paths is None
         and include_output
@@ -105,6 +106,8 @@ def attach_cache(
         envoys, every = _named_modules(model)
         # None for no path: every output is kept.
         records = cast("list[Callable[[Any], None]]", cache.recorders(every))
+        if rows is not None:
+            records = [rows(record) for record in records]
         for envoy, record in zip(envoys, records):
             wrapper = envoy.__dict__.get(ENVOY_WRAPPER_ATTR)
             if wrapper is None or wrapper.run.interleaver is not interleaver:
@@ -125,13 +128,37 @@ def attach_cache(
                 continue
             output = cache.recorder(path)
             if output is not None:
+                output = rows(output) if rows is not None else output
                 _record_outputs(output, envoy, interleaver, wanted is None)
             inputs = cache.recorder(path, "inputs")
             if inputs is not None:
+                inputs = rows(inputs) if rows is not None else inputs
                 _record_inputs(inputs, envoy, interleaver, wanted is None)
     if directory is not None:
         interleaver.hooks.append(_Finish(cache))
     return cache.cache
+
+
+def _invoke_rows(
+    interleaver: Interleaver,
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]] | None:
+    """For a cache made inside an invoke that owns some rows of the batch: what
+    makes a recorder keep only those rows (as the invoke's own reads see them).
+    ``None`` when the cache records whole values."""
+    mediator = interleaver.current
+    batcher = interleaver.batcher
+    if mediator is None or batcher is None or mediator.batch_group is None:
+        return None
+    group = mediator.batch_group
+    narrow = batcher.narrow
+
+    def rows(record: Callable[[Any], None]) -> Callable[[Any], None]:
+        def record_rows(value: Any) -> None:
+            record(narrow(value, group))
+
+        return record_rows
+
+    return rows
 
 
 def _named_modules(model: Envoy) -> tuple[tuple[Envoy, ...], tuple[str, ...]]:

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 __all__ = ["Envoy", "NotInTraceError"]
 
 
-class NotInTraceError(RuntimeError):
-    """A value that only exists while a model runs was used outside a trace."""
+class NotInTraceError(RuntimeError, ValueError):
+    """A value that only exists while a model runs was used where the model is not
+    running: outside a trace, or in a trace's code outside its invokes.
+
+    A ``ValueError``, as nnsight 0.8.1 raises there (and a ``RuntimeError``, as
+    endoscope always did).
+    """
 
 
 class Envoy:
@@ -43,8 +48,8 @@ class Envoy:
     Children are Envoys (``model.transformer.h[0]``); other attributes come from
     the module (``model.lm_head.weight``, ``model.config``). A child whose name
     clashes with an Envoy attribute (``output``, ``input``, ``source``, ...) stays
-    reachable with a trailing underscore (``attention.output_``) and by
-    :meth:`get`.
+    reachable with a trailing underscore (``attention.output_``), with nnsight's
+    ``E_`` prefix (``attention.E_output``) and by :meth:`get`.
 
     Attributes:
         path: the module's path from the root, e.g. ``"model.transformer.h.0"``.
@@ -68,10 +73,9 @@ class Envoy:
         self._aliases: dict[str, Envoy] = {}
         self._source: SourceEnvoy | None = None
         for name, child in module.named_children():
-            envoy_type = self._root._envoy_type_for(child)
-            self._children[name] = envoy_type(
-                child, path=f"{path}.{name}", root=self._root, parent=self
-            )
+            child_path = f"{path}.{name}"
+            envoy_type = self._root._envoy_type_for(child, child_path)
+            self._children[name] = envoy_type(child, path=child_path, root=self._root, parent=self)
         # Positional access (model.layers[3]) is on the user's hot path: keep a tuple.
         self._ordered: tuple[Envoy, ...] = tuple(self._children.values())
 
@@ -105,6 +109,8 @@ class Envoy:
             return aliases[name]
         if name.endswith("_") and name[:-1] in children:
             return children[name[:-1]]
+        if name.startswith("E_") and name[2:] in children:
+            return children[name[2:]]  # nnsight 0.8.1's spelling of a clashing name
         module = state["_module"]
         try:
             return getattr(module, name)
@@ -262,12 +268,33 @@ class Envoy:
         """
         interleaver = self._root._interleaver
         if interleaver is None:
-            raise NotInTraceError(
-                f"{self.path} has no values outside a trace: read .output/.input inside "
+            raise self._not_running(f"values of {self.path}")
+        return interleaver
+
+    def _not_running(self, what: str) -> NotInTraceError:
+        """The error for reading ``what`` while this model is not running."""
+        from ._tracer import body_without_run
+
+        tracer = body_without_run(self._root)
+        if tracer is None:
+            why = (
+                f"{self.path} has no values outside a trace. Read .output/.input inside "
                 "`with model.trace(...):` (or an invoke) and call .save() on what you "
                 "want to keep."
             )
-        return interleaver
+        elif not tracer.invokers:
+            why = (
+                "this trace has no input, so the model does not run while its code does. "
+                "Give the input to the trace, `with model.trace(x):`, or read inside "
+                "`with tracer.invoke(x):` blocks of `with model.trace() as tracer:`."
+            )
+        else:
+            why = (
+                "code of `with model.trace() as tracer:` outside its invokes runs before "
+                "the model does. Read inside a `with tracer.invoke(...):` block "
+                "(`with tracer.invoke():`, without input, sees the whole batch)."
+            )
+        return NotInTraceError(f"Cannot access {what} outside of interleaving: {why}")
 
     @ModuleValue(key="output")
     @requires_output

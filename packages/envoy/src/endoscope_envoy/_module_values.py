@@ -119,6 +119,11 @@ class ModuleValue(eproperty):
         interleaver.requests += 1
         return mediator
 
+    def _check_running(self, obj: Envoy) -> None:
+        """Raise, naming the value, when ``obj``'s model is not running."""
+        if obj._root._interleaver is None:
+            raise obj._not_running(f"`{obj.path}.{self.key}`")
+
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
@@ -139,6 +144,7 @@ class ModuleValue(eproperty):
                         return mediator.request(wrapper.first)
         running = self._fast(obj)
         if running is None:
+            self._check_running(obj)
             return super().__get__(obj, objtype)
         return running.request(self._requester(obj, running))
 
@@ -149,6 +155,7 @@ class ModuleValue(eproperty):
             return
         running = self._fast(obj) if self._postprocess is None else None
         if running is None:
+            self._check_running(obj)
             super().__set__(obj, value)
             return
         running.swap(self._requester(obj, running), value)

@@ -25,6 +25,17 @@ from ._tracer import InterleavingTracer
 __all__ = ["NNsight"]
 
 RenameValue = str | Sequence[str]
+EnvoysSpec = type[Envoy] | Mapping[type | str, type[Envoy]] | None
+
+
+class _ClassEnvoys:
+    """The default of ``NNsight(envoys=...)``: the class attribute applies."""
+
+    def __repr__(self) -> str:
+        return "<the class's envoys>"
+
+
+_CLASS_ENVOYS: Any = _ClassEnvoys()
 
 
 class NNsight(Envoy):
@@ -41,25 +52,36 @@ class NNsight(Envoy):
             it occurs) or a dotted path from the root (mounted on the root); a
             value is one alias or a list of aliases:
             ``{"transformer": "model", "transformer.h": ["layers", "blocks"]}``.
-        envoys: Envoy subclass to use per module type (first ``isinstance`` match
-            wins); also settable as a class attribute of an NNsight subclass.
+        envoys: which Envoy class wraps each module below the root: one class
+            for all of them, or a mapping. A mapping's module-type keys are tried
+            first, along the module's MRO (``{nn.Module: A, nn.Linear: B}`` gives
+            a Linear ``B``), then its string keys, which match the end of the
+            module's path by whole dotted parts (``"layer1"``, ``"inner.layer2"``,
+            ``"layers.*"`` with ``*`` for any one part), in the native spelling
+            and every alias spelling from ``rename``; no match gives
+            :class:`Envoy`. An NNsight subclass may set a default as its class
+            attribute ``envoys``; passing ``envoys=`` (``None`` included, which
+            means :class:`Envoy` everywhere) replaces that default.
         scheduler: how interventions run: ``"greenlet"``, ``"thread"``, a
             :class:`Scheduler` instance, or ``None`` for ``CONFIG.scheduler``.
     """
 
-    envoys: ClassVar[Mapping[type, type[Envoy]]] = {}
+    envoys: ClassVar[EnvoysSpec] = {}
 
     def __init__(
         self,
         module: torch.nn.Module,
         *,
         rename: Mapping[str, RenameValue] | None = None,
-        envoys: Mapping[type, type[Envoy]] | None = None,
+        envoys: EnvoysSpec = _CLASS_ENVOYS,
         scheduler: str | Scheduler | None = None,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, got {type(module).__name__}.")
-        self._envoy_types: dict[type, type[Envoy]] = {**type(self).envoys, **(envoys or {})}
+        # Only an omitted keyword falls back to the class's default (nnsight 0.8.1
+        # has no class default: what is passed is all there is).
+        spec = type(self).envoys if envoys is _CLASS_ENVOYS else envoys
+        self._envoy_rule = _EnvoyRule(spec)
         self._interleaver: Interleaver | None = None
         self._point_order: PointOrder | None = None
         self._paths_by_id: dict[int, str] | None = None
@@ -74,16 +96,52 @@ class NNsight(Envoy):
             key: [value] if isinstance(value, str) else list(value)
             for key, value in (rename or {}).items()
         }
+        # The same, by where the aliases go: a child name (anywhere) or a path from
+        # the root (mounted on the root); string keys of envoys= match either.
+        self._renamed: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})
+        for key, aliases in self._rename.items():
+            key = key.strip(".")
+            self._renamed["." in key].setdefault(key, []).extend(aliases)
         super().__init__(module, path="model", root=self)
         self._apply_rename()
 
     # ------------------------------------------------------------ tree set-up
 
-    def _envoy_type_for(self, module: torch.nn.Module) -> type[Envoy]:
-        for module_type, envoy_type in self._envoy_types.items():
-            if isinstance(module, module_type):
-                return envoy_type
-        return Envoy
+    def _envoy_type_for(self, module: torch.nn.Module, path: str) -> type[Envoy]:
+        """The Envoy class for ``module`` at ``path`` (see ``envoys`` above)."""
+        rule = self._envoy_rule
+        found = rule.single
+        if found is None:
+            found = rule.by_type(module)
+        if found is None and rule.suffixes:
+            found = rule.by_path(self._spellings(path))
+        if found is None:
+            return Envoy
+        if not (isinstance(found, type) and issubclass(found, Envoy)):
+            raise TypeError(
+                f"envoys= gives {found!r} for {path}, which is not an Envoy subclass: "
+                "map modules to subclasses of endoscope's Envoy."
+            )
+        return found
+
+    def _spellings(self, path: str) -> list[str]:
+        """``path`` and its spelling under every combination of ``rename`` aliases
+        (of the module itself and of its ancestors), the native one first."""
+        names, mounted = self._renamed
+        head, dot, name = path.rpartition(".")
+        if not (names or mounted) or not dot:
+            return [path]
+        found = dict.fromkeys(
+            f"{prefix}.{spelling}"
+            for prefix in self._spellings(head)
+            for spelling in (name, *names.get(name, ()))
+        )
+        if mounted:
+            root = self.path
+            relative = path.removeprefix(root + ".")
+            for key in (relative, path):
+                found.update(dict.fromkeys(f"{root}.{alias}" for alias in mounted.get(key, ())))
+        return list(found)
 
     def _apply_rename(self) -> None:
         for key, aliases in self._rename.items():
@@ -306,3 +364,50 @@ class NNsight(Envoy):
             warm = self._warm[site] = WarmWrappers()
         for wrapper in lent:
             warm.add(wrapper)
+
+
+class _EnvoyRule:
+    """An ``envoys=`` value, sorted for lookups: a single class, the type keys,
+    and the string keys split into their dotted parts."""
+
+    def __init__(self, spec: Any) -> None:
+        self.single: type[Envoy] | None = None
+        self.types: dict[type, type[Envoy]] = {}
+        self.suffixes: list[tuple[list[str], type[Envoy]]] = []
+        if spec is None:
+            return
+        if isinstance(spec, type):
+            self.single = spec
+            return
+        if not isinstance(spec, Mapping):
+            raise TypeError(
+                f"envoys= takes an Envoy subclass or a mapping of module types and path "
+                f"suffixes to Envoy subclasses, got {type(spec).__name__}."
+            )
+        for key, envoy_type in spec.items():
+            if isinstance(key, type):
+                self.types[key] = envoy_type
+            elif isinstance(key, str):
+                self.suffixes.append((key.removeprefix(".").split("."), envoy_type))
+
+    def by_type(self, module: torch.nn.Module) -> type[Envoy] | None:
+        types = self.types
+        if types:
+            for cls in type(module).__mro__:
+                found = types.get(cls)
+                if found is not None:
+                    return found
+        return None
+
+    def by_path(self, spellings: list[str]) -> type[Envoy] | None:
+        """The first string key (in the mapping's order) that ends the first of
+        ``spellings`` any key ends."""
+        for spelling in spellings:
+            parts = spelling.split(".")
+            for key, envoy_type in self.suffixes:
+                size = len(key)
+                if size <= len(parts) and all(
+                    want in ("*", part) for want, part in zip(key, parts[-size:])
+                ):
+                    return envoy_type
+        return None

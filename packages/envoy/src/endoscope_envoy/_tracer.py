@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,23 @@ from ._iteration import IterationIndexer, IterationLoop, end_loops_gracefully, l
 if TYPE_CHECKING:
     from ._nnsight import NNsight
 
-__all__ = ["InterleavingTracer", "Invoker"]
+__all__ = ["InterleavingTracer", "Invoker", "body_without_run"]
 
 _PRIVATE = "__endoscope_"
 _ABSENT = object()
+
+# Traces whose own code runs now, in this thread, before their model does
+# (`with model.trace() as tracer:` outside its invokes), innermost last.
+_BODIES: ContextVar[tuple[InterleavingTracer, ...]] = ContextVar("endoscope_bodies", default=())
+
+
+def body_without_run(model: NNsight) -> InterleavingTracer | None:
+    """The trace of ``model`` whose code outside invokes runs now, if any: a read of
+    a module value there cannot be served (the model has not started)."""
+    for tracer in reversed(_BODIES.get()):
+        if tracer.model._root is model:
+            return tracer
+    return None
 
 
 class Invoker(Tracer):
@@ -130,7 +144,20 @@ class InterleavingTracer(Tracer):
     # ----------------------------------------------------------------- user API
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
-        """Add an input (or, with none, code that sees the whole batch) to this trace."""
+        """Add an input (or, with none, code that sees the whole batch) to this trace.
+
+        Raises:
+            ValueError: called while the model runs (inside another invoke, or in
+                the body of ``model.trace(x)``, which is one): as in nnsight 0.8.1.
+        """
+        if self.interleaver.current is not None:
+            raise ValueError(
+                "Cannot invoke while the model is already running: this "
+                "`tracer.invoke(...)` is inside an invoke (the body of "
+                "`with model.trace(x):` is one too), whose code runs beside the model. "
+                "Open every invoke directly in the body of `with model.trace() as "
+                "tracer:`, one after another."
+            )
         if self.args or self.kwargs:
             raise RuntimeError(
                 "this trace already has an input (model.trace(x)); to use several "
@@ -194,7 +221,9 @@ class InterleavingTracer(Tracer):
 
         Options: ``device="cpu"``, ``dtype=None``, ``detach=True``,
         ``include_output=True``, ``include_inputs=False``, ``directory=None``
-        (stream to safetensors shards). See :func:`attach_cache`.
+        (stream to safetensors shards). See :func:`attach_cache`. Called inside an
+        invoke that brings an input, it records that invoke's rows of the batch;
+        a kind switched off (``include_inputs=False``, say) reads as ``None``.
         """
         from ._caching import attach_cache
 
@@ -226,7 +255,11 @@ class InterleavingTracer(Tracer):
             groups: list[Any] = [None]
             batch_size = None
         else:
-            Tracer.execute(self, fn)
+            token = _BODIES.set((*_BODIES.get(), self))
+            try:
+                Tracer.execute(self, fn)
+            finally:
+                _BODIES.reset(token)
             if not self.invokers:
                 raise ValueError(
                     "this trace has no input: pass one to model.trace(x) or open "
