@@ -21,7 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import Barrier, Mediator, eproperty
-from endoscope_tracing import SAVED, Tracer, write_locals
+from endoscope_tracing import SAVED, Tracer, UnsavedName, write_locals
 
 from ._batching import BatchingError, TorchBatcher
 from ._interleaving import EnvoyInterleaver
@@ -325,7 +325,13 @@ class InterleavingTracer(Tracer):
         """The globals every invoke of this trace runs with (one copy per trace)."""
         if self._globals is None or self._source_globals is not caller_globals:
             self._source_globals = caller_globals
-            self._globals = dict(caller_globals)
+            # Without the placeholders of earlier blocks' unsaved variables: a read
+            # of one is a read of a variable no invoke has assigned yet.
+            self._globals = {
+                name: value
+                for name, value in caller_globals.items()
+                if type(value) is not UnsavedName
+            }
         return self._globals
 
     def _publish(self, state: Any, pulled: dict[str, Any], index: int) -> None:
