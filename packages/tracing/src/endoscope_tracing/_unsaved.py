@@ -66,7 +66,7 @@ class UnsavedName:
         line: the line of the assignment.
     """
 
-    __slots__ = ("_name", "_message")
+    __slots__ = ("_message", "_name")
 
     def __init__(self, name: str, filename: str, line: int) -> None:
         object.__setattr__(self, "_name", name)
@@ -124,33 +124,20 @@ def _raise(self: UnsavedName, *args: Any, **kwargs: Any) -> NoReturn:
     )
 
 
+_BINARY = (
+    "add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow",
+    "lshift", "rshift", "and", "xor", "or",
+)  # fmt: skip
+_OTHER = (
+    "divmod", "rdivmod", "eq", "ne", "lt", "le", "gt", "ge", "hash", "bool", "len",
+    "iter", "reversed", "contains", "getitem", "setitem", "delitem", "call", "str",
+    "repr", "format", "bytes", "index", "int", "float", "complex", "round", "trunc",
+    "floor", "ceil", "neg", "pos", "abs", "invert", "enter", "exit", "aenter",
+    "aexit", "await", "aiter", "anext", "setattr", "delattr", "dir", "reduce",
+    "reduce_ex", "copy", "deepcopy", "array", "array_ufunc", "array_function",
+)  # fmt: skip
+
 # Python looks these up on the type, bypassing __getattribute__.
-for _operation in (
-    *(
-        f"__{op}__"
-        for op in (
-            "add sub mul matmul truediv floordiv mod divmod pow lshift rshift and xor or"
-        ).split()
-    ),
-    *(
-        f"__r{op}__"
-        for op in (
-            "add sub mul matmul truediv floordiv mod divmod pow lshift rshift and xor or"
-        ).split()
-    ),
-    *(
-        f"__i{op}__"
-        for op in "add sub mul matmul truediv floordiv mod pow lshift rshift and xor or".split()
-    ),
-    *(
-        f"__{op}__"
-        for op in (
-            "eq ne lt le gt ge hash bool len iter reversed contains getitem setitem delitem "
-            "call str repr format bytes index int float complex round trunc floor ceil neg "
-            "pos abs invert enter exit aenter aexit await aiter anext setattr delattr dir "
-            "reduce reduce_ex copy deepcopy array array_ufunc array_function"
-        ).split()
-    ),
-):
-    setattr(UnsavedName, _operation, _raise)
+for _operation in (*_BINARY, *(f"r{op}" for op in _BINARY), *(f"i{op}" for op in _BINARY), *_OTHER):
+    setattr(UnsavedName, f"__{_operation}__", _raise)
 del _operation
