@@ -307,7 +307,7 @@ class Tracer:
                 if name in keep or SAVED.keeps(value):
                     kept[name] = value
                     unsaved.pop(name, None)
-                else:
+                elif name != "_":  # a throwaway (`for _ in ...`) is not worth a word
                     unsaved[name] = None
             changed = kept
         write_locals(info.frame, changed)
