@@ -6,6 +6,7 @@ import linecache
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -480,7 +481,7 @@ def test_trace_false_runs_the_model_at_once_with_its_edits(net, x, no_leftovers)
 
 # ------------------------------------------------------- values used without .save()
 
-HERE = open(__file__, encoding="utf-8").read().splitlines()
+HERE = Path(__file__).read_text(encoding="utf-8").splitlines()
 
 
 def line_of(marker: str) -> int:
