@@ -531,7 +531,9 @@ def test_invokes_leave_placeholders_and_warn_at_their_lines(net, x, no_leftovers
             with tracer.invoke(x[2:]):
                 rest = model.output.save()
     assert out is None
-    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line_of("reassigned, not saved"))]
+    assert [(w.filename, w.lineno) for w in caught] == [
+        (__file__, line_of("reassigned, not saved"))
+    ]
     assert "'out' was reassigned" in str(caught[0].message)
     assert torch.allclose(rest, net(x[2:]))
     with pytest.raises(NameError) as error:
