@@ -574,3 +574,25 @@ def test_an_early_read_is_explained_even_after_an_earlier_unsaved_trace(net, x) 
     assert "was assigned inside the traced block" not in str(info.value)
     if sys.version_info >= (3, 11):
         assert "earlier invoke" in info.value.__notes__[0]
+
+
+def test_at_module_level_invokes_do_not_read_an_earlier_traces_placeholder(net, x) -> None:
+    source = textwrap.dedent(
+        """
+        with model.trace(x):
+            source = model.layers[1].output  # leaves a placeholder in the globals
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[1].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output[:] = source  # evaluated before any request
+        """
+    )
+    name = "<unsaved module level>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace = {"model": NNsight(net), "x": x}
+    with pytest.raises(NameError) as info:
+        exec(compile(source, name, "exec"), namespace)
+    assert str(info.value) == "name 'source' is not defined"
+    if sys.version_info >= (3, 11):
+        assert "earlier invoke" in info.value.__notes__[0]

@@ -56,7 +56,14 @@ class Invoker(Tracer):
         return bool(self.args or self.kwargs)
 
     def _function_globals(self) -> dict[str, Any]:
-        return self.tracer._shared_globals(self._require_info().frame.f_globals)
+        info = self._require_info()
+        shared = self.tracer._shared_globals(info.frame.f_globals)
+        for name in info.block.names:
+            # An earlier block's placeholder for a variable it did not save: here a
+            # read of it is a read of a variable no invoke has assigned yet.
+            if type(shared.get(name)) is UnsavedName:
+                del shared[name]
+        return shared
 
     def push(self, state: Any) -> None:
         self.tracer._publish(state, self._pulled, self.index)
@@ -325,13 +332,7 @@ class InterleavingTracer(Tracer):
         """The globals every invoke of this trace runs with (one copy per trace)."""
         if self._globals is None or self._source_globals is not caller_globals:
             self._source_globals = caller_globals
-            # Without the placeholders of earlier blocks' unsaved variables: a read
-            # of one is a read of a variable no invoke has assigned yet.
-            self._globals = {
-                name: value
-                for name, value in caller_globals.items()
-                if type(value) is not UnsavedName
-            }
+            self._globals = dict(caller_globals)
         return self._globals
 
     def _publish(self, state: Any, pulled: dict[str, Any], index: int) -> None:
