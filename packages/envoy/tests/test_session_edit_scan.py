@@ -33,7 +33,8 @@ def test_session_values_flow_between_traces(net, x, no_leftovers) -> None:
             clean = model.output.save()
     assert torch.equal(patched, net.head(net.layers[2](net.layers[1](net.layers[0](net.embed(x))))))
     assert torch.equal(clean, net(x))
-    assert "hidden" not in locals()
+    with pytest.raises(NameError, match="'hidden' was assigned inside the traced block"):
+        hidden + 1  # unsaved: gone after the session
 
 
 def test_session_with_invokes_and_saved_values_after(net, x) -> None:

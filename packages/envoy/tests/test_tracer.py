@@ -5,11 +5,14 @@ from __future__ import annotations
 import linecache
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from endoscope_envoy import NNsight, save
+from endoscope_envoy import NNsight, UnsavedValueWarning, save
+from endoscope_tracing import UnsavedName
 
 
 def plain(net, x, edit=None):
@@ -73,7 +76,8 @@ def test_unsaved_values_do_not_leak(net, x) -> None:
     with model.trace(x):
         hidden = model.layers[0].output + 1
         kept = model.layers[0].output.save()
-    assert "hidden" not in locals()
+    with pytest.raises(NameError, match="'hidden' was assigned inside the traced block"):
+        hidden + 1
     assert kept.shape == (3, 8)
 
 
@@ -473,3 +477,122 @@ def test_trace_false_runs_the_model_at_once_with_its_edits(net, x, no_leftovers)
         model.trace(x, remote=True)
     with pytest.raises(ValueError, match="no input"):
         model.trace(trace=False)
+
+
+# ------------------------------------------------------- values used without .save()
+
+HERE = Path(__file__).read_text(encoding="utf-8").splitlines()
+
+
+def line_of(marker: str) -> int:
+    """The line of this file that ends with the comment ``# <marker>``."""
+    (line,) = [n for n, text in enumerate(HERE, 1) if text.endswith(f"# {marker}")]
+    return line
+
+
+def unsaved_hint(name: str, line: int) -> str:
+    return (
+        f"name {name!r} was assigned inside the traced block ({__file__}:{line}) but not "
+        "saved, so it does not exist after the block: call .save() on it inside the block"
+    )
+
+
+def test_an_unsaved_tensor_used_after_the_trace_names_its_line(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        hidden = model.layers[0].output  # hidden, not saved
+    uses = {
+        "print": lambda: print(hidden),
+        "attribute": lambda: hidden.shape,
+        "arithmetic": lambda: hidden + 1,
+        "tensor arithmetic": lambda: torch.ones(8) * hidden,
+        "torch function": lambda: torch.cat([hidden]),
+        "module": lambda: net.head(hidden),
+        "indexing": lambda: hidden[0],
+    }
+    for use, run in uses.items():
+        with pytest.raises(NameError) as caught:
+            run()
+        assert str(caught.value).startswith(unsaved_hint("hidden", line_of("hidden, not saved")))
+        assert caught.value.name == "hidden", use
+
+
+def test_invokes_leave_placeholders_and_warn_at_their_lines(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    out = None
+    with pytest.warns(UnsavedValueWarning) as caught:
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[1].output  # invoke 0 assigns source
+            with tracer.invoke(x[1:2]):
+                target = model.layers[1].output
+                target[:] = source  # the next invoke still uses it
+                out = model.output  # reassigned, not saved
+            with tracer.invoke(x[2:]):
+                rest = model.output.save()
+    assert out is None
+    assert [(w.filename, w.lineno) for w in caught] == [
+        (__file__, line_of("reassigned, not saved"))
+    ]
+    assert "'out' was reassigned" in str(caught[0].message)
+    assert torch.allclose(rest, net(x[2:]))
+    with pytest.raises(NameError) as error:
+        source.sum()
+    assert str(error.value).startswith(unsaved_hint("source", line_of("invoke 0 assigns source")))
+
+
+def test_no_warning_in_the_normal_cases(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    tracer = None
+    patched = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):  # the second round finds the first round's placeholders
+            with model.trace() as tracer:
+                with tracer.invoke(x[:1]):
+                    for layer in range(2):  # a loop variable of the block
+                        source = model.layers[layer].output
+                with tracer.invoke(x[1:2]):
+                    target = model.layers[1].output
+                    target[:] = source
+                    patched = model.output.save()  # reassigned and saved
+    clean = net.layers[1](net.layers[0](net.embed(x[:1])))
+    assert torch.allclose(patched, net.head(net.layers[2](clean)))
+    assert isinstance(source, UnsavedName) and isinstance(layer, UnsavedName)
+
+
+def test_an_early_read_is_explained_even_after_an_earlier_unsaved_trace(net, x) -> None:
+    model = NNsight(net)
+    with model.trace(x):
+        source = model.layers[1].output  # leaves a placeholder for `source`
+    with pytest.raises(NameError) as info:
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[1].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output[:] = source  # evaluated before any request
+    assert "was assigned inside the traced block" not in str(info.value)
+    if sys.version_info >= (3, 11):
+        assert "earlier invoke" in info.value.__notes__[0]
+
+
+def test_at_module_level_invokes_do_not_read_an_earlier_traces_placeholder(net, x) -> None:
+    source = textwrap.dedent(
+        """
+        with model.trace(x):
+            source = model.layers[1].output  # leaves a placeholder in the globals
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[1].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output[:] = source  # evaluated before any request
+        """
+    )
+    name = "<unsaved module level>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace = {"model": NNsight(net), "x": x}
+    with pytest.raises(NameError) as info:
+        exec(compile(source, name, "exec"), namespace)
+    assert str(info.value) == "name 'source' is not defined"
+    if sys.version_info >= (3, 11):
+        assert "earlier invoke" in info.value.__notes__[0]

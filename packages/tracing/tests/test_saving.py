@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from endoscope_tracing import SAVED, Tracer, save
+from endoscope_tracing import SAVED, Tracer, UnsavedName, save
 
 
 class Blob:
@@ -65,4 +65,4 @@ def test_containers_of_saved_values_survive() -> None:
     assert len(items) == 3 and all(isinstance(i, Blob) for i in items)
     assert isinstance(mapping["a"], Blob)
     assert isinstance(pair[0], Blob)
-    assert "plain" not in locals()
+    assert isinstance(plain, UnsavedName)

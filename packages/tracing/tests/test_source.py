@@ -5,12 +5,13 @@ from __future__ import annotations
 import code
 import io
 import linecache
+import re
 import textwrap
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-from endoscope_tracing import Tracer, WithBlockNotFoundError, save
+from endoscope_tracing import Tracer, UnsavedName, WithBlockNotFoundError, save
 
 SNIPPET = """\
 from endoscope_tracing import Tracer, save
@@ -18,20 +19,35 @@ base = 20
 with Tracer():
     answer = save(base + 22)
     hidden = 1
-print("answer", answer, "hidden" in dir())
+print("answer", answer)
+try:
+    print(hidden)
+except NameError as error:
+    print("unsaved:", error)
 """
 
 
+def unsaved_hint(filename: str, line: int = 5, name: str = "hidden") -> str:
+    """What reading SNIPPET's unsaved variable says, in a script named ``filename``."""
+    return (
+        f"unsaved: name {name!r} was assigned inside the traced block ({filename}:{line}) but "
+        "not saved, so it does not exist after the block: call .save() on it inside the block"
+    )
+
+
 def test_script_file(write_script, run_python) -> None:
-    result = run_python(str(write_script(SNIPPET)))
+    path = write_script(SNIPPET)
+    result = run_python(str(path))
     assert result.returncode == 0, result.stderr
-    assert "answer 42 False" in result.stdout
+    assert "answer 42" in result.stdout
+    assert unsaved_hint(str(path)) in result.stdout
 
 
 def test_python_dash_c(run_python) -> None:
     result = run_python(source=SNIPPET)
     assert result.returncode == 0, result.stderr
-    assert "answer 42 False" in result.stdout
+    assert "answer 42" in result.stdout
+    assert unsaved_hint("<string>") in result.stdout
 
 
 def test_python_dash_c_in_a_function(run_python) -> None:
@@ -60,7 +76,8 @@ def test_stdin_redirected_from_a_file(write_script) -> None:
             [sys.executable, "-"], stdin=stdin, capture_output=True, text=True, timeout=60
         )
     assert result.returncode == 0, result.stderr
-    assert "answer 42 False" in result.stdout
+    assert "answer 42" in result.stdout
+    assert unsaved_hint("<stdin>") in result.stdout
 
 
 def test_stdin_pipe_explains_what_to_do(run_python) -> None:
@@ -119,7 +136,11 @@ def test_interactive_console_in_process() -> None:
         console.push(line)
     assert console.locals["doubled"] == 4
     assert console.locals["last"] == 2
-    assert "scratch" not in console.locals
+    assert isinstance(console.locals["scratch"], UnsavedName)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        console.push("print(scratch)")
+    assert unsaved_hint("<console>", line=3, name="scratch")[len("unsaved: ") :] in err.getvalue()
 
 
 def test_code_interact_reading_stdin(run_python) -> None:
@@ -141,20 +162,33 @@ def test_code_interact_reading_stdin(run_python) -> None:
 def test_ipython_cells(run_python) -> None:
     result = run_python(
         source="""
+        import warnings
         from IPython.core.interactiveshell import InteractiveShell
         shell = InteractiveShell.instance()
         cells = [
             "from endoscope_tracing import Tracer, save\\nbase = 3",
-            "with Tracer():\\n    tripled = save(base * 3)\\n    hidden = 1",
+            "with Tracer():\\n    tripled = save(base * 3)\\n    hidden = 1\\n    base = 4",
             "for i in range(2):\\n    with Tracer():\\n        last = save(i)",
-            "print('ipython', tripled, last, 'hidden' in dir())",
+            "print('ipython', tripled, last, base)",
+            "try:\\n    print(hidden)\\nexcept NameError as error:\\n    print('unsaved:', error)",
         ]
-        for cell in cells:
-            shell.run_cell(cell).raise_error()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for cell in cells:
+                shell.run_cell(cell).raise_error()
+        for warning in caught:
+            print("warned:", warning.category.__name__, warning.filename, warning.lineno)
         """
     )
     assert result.returncode == 0, result.stderr
-    assert "ipython 9 1 False" in result.stdout
+    assert "ipython 9 1 3" in result.stdout  # `base` was reassigned unsaved: still 3
+    cell = re.search(
+        r"unsaved: name 'hidden' was assigned .*\((<ipython-input-[^>]+>):3\)", result.stdout
+    )
+    assert cell is not None, result.stdout
+    assert "call .save() on it inside the block" in result.stdout
+    # One warning, for `base`, at its line in the cell.
+    assert re.findall("warned: .*", result.stdout) == [f"warned: UnsavedValueWarning {cell[1]} 4"]
 
 
 def test_console_output_is_not_swallowed() -> None:

@@ -7,6 +7,7 @@ from endoscope_interleaver import (
     eproperty,
 )
 from endoscope_tracing import (
+    UnsavedValueWarning,
     WithBlockNotFoundError,
     opens_with,
     register_internal_module,
@@ -48,6 +49,7 @@ __all__ = [
     "Session",
     "TensorSpec",
     "TorchBatcher",
+    "UnsavedValueWarning",
     "WithBlockNotFoundError",
     "__version__",
     "batch_inputs",

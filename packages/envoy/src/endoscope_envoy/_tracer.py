@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import Barrier, Mediator, eproperty
-from endoscope_tracing import SAVED, Tracer, write_locals
+from endoscope_tracing import SAVED, Tracer, UnsavedName, write_locals
 
 from ._batching import BatchingError, TorchBatcher
 from ._interleaving import EnvoyInterleaver
@@ -70,7 +70,14 @@ class Invoker(Tracer):
         return bool(self.args or self.kwargs)
 
     def _function_globals(self) -> dict[str, Any]:
-        return self.tracer._shared_globals(self._require_info().frame.f_globals)
+        info = self._require_info()
+        shared = self.tracer._shared_globals(info.frame.f_globals)
+        for name in info.block.names:
+            # An earlier block's placeholder for a variable it did not save: here a
+            # read of it is a read of a variable no invoke has assigned yet.
+            if type(shared.get(name)) is UnsavedName:
+                del shared[name]
+        return shared
 
     def push(self, state: Any) -> None:
         self.tracer._publish(state, self._pulled, self.index)

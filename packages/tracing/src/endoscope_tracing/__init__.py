@@ -16,6 +16,7 @@ from ._frames import (
 from ._saving import SAVED, save
 from ._source import read_source
 from ._tracer import Backend, ExecutionBackend, Tracer, TracerInfo
+from ._unsaved import UnsavedName, UnsavedValueWarning
 from ._version import __version__
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "Tracer",
     "TracerInfo",
     "TracingConfig",
+    "UnsavedName",
+    "UnsavedValueWarning",
     "UnsupportedBlockError",
     "WithBlockNotFoundError",
     "__version__",

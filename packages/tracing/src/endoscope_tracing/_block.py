@@ -186,27 +186,34 @@ def _introspection(node: ast.AST) -> bool:
 _NESTED_SCOPES = (*_SCOPES, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
-def _assigned_in(nodes: list[ast.stmt]) -> tuple[frozenset[str], bool]:
-    """Names the body may bind, and whether it introspects (uses a name of
-    :data:`_INTROSPECTION`, or a star import).
+def _assigned_in(nodes: list[ast.stmt]) -> tuple[dict[str, int], bool]:
+    """Names the body may bind, each with the last line that binds it, and whether
+    it introspects (uses a name of :data:`_INTROSPECTION`, or a star import).
 
     Bindings inside nested functions, classes and comprehensions are their own,
     except what escapes them: the nested scope's name, ``:=`` targets and
     names declared ``global`` or ``nonlocal`` (counted wherever they appear).
     """
-    assigned: set[str] = set()
+    assigned: dict[str, int] = {}
     introspects = False
+
+    def bind(name: str, node: ast.AST) -> None:
+        line = getattr(node, "lineno", 0)
+        if line >= assigned.get(name, 0):
+            assigned[name] = line
+
     stack: list[ast.AST] = list(nodes)
     while stack:
         node = stack.pop()
         if isinstance(node, _NESTED_SCOPES):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                assigned.add(node.name)
+                bind(node.name, node)
             for inner in ast.walk(node):
                 if isinstance(inner, ast.NamedExpr) and isinstance(inner.target, ast.Name):
-                    assigned.add(inner.target.id)
+                    bind(inner.target.id, inner)
                 elif isinstance(inner, (ast.Global, ast.Nonlocal)):
-                    assigned.update(inner.names)
+                    for name in inner.names:
+                        bind(name, inner)
                 elif _introspection(inner):
                     introspects = True
             continue
@@ -214,18 +221,19 @@ def _assigned_in(nodes: list[ast.stmt]) -> tuple[frozenset[str], bool]:
             introspects = True
         elif isinstance(node, ast.Name):
             if not isinstance(node.ctx, ast.Load):
-                assigned.add(node.id)
+                bind(node.id, node)
         elif isinstance(node, ast.alias):
-            assigned.add(node.asname or node.name.split(".")[0])
+            bind(node.asname or node.name.split(".")[0], node)
         elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
             if node.name:
-                assigned.add(node.name)
+                bind(node.name, node)
         elif isinstance(node, ast.MatchMapping) and node.rest:
-            assigned.add(node.rest)
+            bind(node.rest, node)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            assigned.update(node.names)
+            for name in node.names:
+                bind(name, node)
         stack.extend(ast.iter_child_nodes(node))
-    return frozenset(assigned), introspects
+    return assigned, introspects
 
 
 class _DropNonlocal(ast.NodeTransformer):
@@ -262,10 +270,13 @@ class CapturedBlock:
             local, cell or free variables (fixed per code object); ``None`` for
             module, class and ``exec`` frames, whose namespace is a dict.
         as_names: names bound by the ``as`` target, always pushed back.
+        target_names: every name in the ``as`` target (also those of a tuple).
         assigned: names the body may bind (its ``as`` target included), erring
             towards more: what nested functions, classes and comprehensions bind
             is theirs, except names that escape them (``:=``, ``global``,
             ``nonlocal``).
+        assigned_lines: for each name of ``assigned``, the last line of the
+            body that binds it (the line an unsaved value is reported at).
         introspects: whether the body reads or writes variables by name at run
             time (``exec``, ``eval``, ``globals``, ``locals``, ``vars``,
             ``__import__``, a star import): then ``assigned`` and ``names`` do
@@ -279,10 +290,12 @@ class CapturedBlock:
     names: tuple[str, ...]
     static_locals: tuple[str, ...] | None
     as_names: tuple[str, ...]
+    target_names: frozenset[str]
     code_name: str
     qualname: str
     future_flags: int
     assigned: frozenset[str]
+    assigned_lines: dict[str, int]
     introspects: bool
     _body: list[ast.stmt] = field(repr=False)
     _globals_declared: frozenset[str] = field(repr=False)
@@ -326,7 +339,7 @@ class CapturedBlock:
         as_targets = [item.optional_vars for item in node.items[-1:] if item.optional_vars]
         scanned = [*body, *(ast.Expr(value=target) for target in as_targets)]
         names, declared_global, _ = _names_in(scanned)
-        assigned, introspects = _assigned_in(scanned)
+        assigned_lines, introspects = _assigned_in(scanned)
         # Only a plain name is bound outside the body; other targets (attributes,
         # tuples) are assigned by the body's first statement.
         as_names = [t.id for t in as_targets if isinstance(t, ast.Name)]
@@ -357,10 +370,14 @@ class CapturedBlock:
             names=mentioned,
             static_locals=static,
             as_names=tuple(as_names),
+            target_names=frozenset(
+                t.id for target in as_targets for t in ast.walk(target) if isinstance(t, ast.Name)
+            ),
             code_name=code.co_name,
             qualname=getattr(code, "co_qualname", code.co_name),
             future_flags=code.co_flags & _FUTURE_FLAGS,
-            assigned=assigned,
+            assigned=frozenset(assigned_lines),
+            assigned_lines=assigned_lines,
             introspects=introspects,
             _body=body,
             _globals_declared=frozenset(declared_global),

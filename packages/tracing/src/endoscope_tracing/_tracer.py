@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ._exceptions import clean_exception, install_excepthook
 from ._frames import skip_body, user_frame, write_locals
 from ._saving import SAVED
 from ._source import read_source
+from ._unsaved import UnsavedName, UnsavedValueWarning, reassigned_message
 
 __all__ = ["Backend", "ExecutionBackend", "Tracer", "TracerInfo"]
 
@@ -116,6 +118,8 @@ class Tracer:
         self._body_code: CodeType | None = None
         self._running = False
         self._restore_trace: Callable[[], None] | None = None
+        # Variables the body assigned and push did not write to the user's frame.
+        self._unsaved: dict[str, None] = {}
 
     # -- the with statement -------------------------------------------------------
 
@@ -147,8 +151,10 @@ class Tracer:
             # exists whatever the backend does with the body.
             write_locals(info.frame, dict.fromkeys(info.block.as_names[:1], self._entered))
         SAVED.enter()
+        succeeded = False
         try:
             self.backend(self)
+            succeeded = True
         except BaseException as failure:
             clean_exception(failure, control=error)
             if _RERAISE_KEEPS_CAUGHT_TRACEBACK:
@@ -158,8 +164,11 @@ class Tracer:
                 install_excepthook()
             raise
         finally:
-            SAVED.exit()
-            self._release()
+            try:
+                self._settle_unsaved(warn=succeeded)
+            finally:
+                SAVED.exit()
+                self._release()
         return True
 
     def _release(self) -> None:
@@ -238,6 +247,8 @@ class Tracer:
         info = self._require_info()
         namespace = self.pull()
         names = info.block.pulled_names(namespace)
+        # A placeholder left by an earlier block stands for an unbound name.
+        names = tuple(name for name in names if not isinstance(namespace[name], UnsavedName))
         self._pulled = {name: namespace[name] for name in names}
         return info.block.function(names, self._function_globals())
 
@@ -289,11 +300,57 @@ class Tracer:
                 parent.push(changed)
             return
         if not self.keep_unsaved:
-            keep = info.block.as_names
-            changed = {
-                name: value for name, value in changed.items() if name in keep or SAVED.keeps(value)
-            }
+            keep = info.block.target_names
+            unsaved = self._unsaved
+            kept = {}
+            for name, value in changed.items():
+                if name in keep or SAVED.keeps(value):
+                    kept[name] = value
+                    unsaved.pop(name, None)
+                elif name != "_":  # a throwaway (`for _ in ...`) is not worth a word
+                    unsaved[name] = None
+            changed = kept
         write_locals(info.frame, changed)
+
+    def _settle_unsaved(self, warn: bool) -> None:
+        """After the block: explain the variables it assigned without ``save()``.
+
+        A variable that had no value before the block is bound to an
+        :class:`UnsavedName`, whose every use raises a ``NameError`` saying to
+        save it; one that had a value keeps it, with an :class:`UnsavedValueWarning`
+        at the assignment (unless the block failed: its error says enough).
+        """
+        unsaved, self._unsaved = self._unsaved, {}
+        info = self.info
+        if not unsaved or info is None or info.frame is None:
+            return
+        frame, block = info.frame, info.block
+        namespace = frame.f_locals
+        placeholders: dict[str, Any] = {}
+        reassigned = []
+        for name in unsaved:
+            line = block.assigned_lines.get(name, block.node.lineno)
+            current = namespace.get(name, _ABSENT)
+            if current is _ABSENT or isinstance(current, UnsavedName):
+                placeholders[name] = UnsavedName(name, info.filename, line)
+            else:
+                reassigned.append((name, line))
+        write_locals(frame, placeholders)
+        if placeholders:
+            install_excepthook()  # uncaught, the NameError shows the user's line last
+        if not warn:
+            return
+        globals_ = frame.f_globals
+        for name, line in reassigned:
+            warnings.warn_explicit(
+                reassigned_message(name),
+                UnsavedValueWarning,
+                info.filename,
+                line,
+                module=globals_.get("__name__", info.filename),
+                registry=globals_.setdefault("__warningregistry__", {}),
+                module_globals=globals_,
+            )
 
     def _require_info(self) -> TracerInfo:
         if self.info is None:
