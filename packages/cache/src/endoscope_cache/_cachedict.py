@@ -5,9 +5,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, KeysView, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._entry import Entry, EntryList
+
+if TYPE_CHECKING:
+    from ._journal import Interruption
 
 __all__ = ["CacheDict"]
 
@@ -131,6 +134,7 @@ class CacheDict(dict[str, Any]):
     _names: _Names
     _slots: dict[str, dict[int | None, tuple[Entry, int]]]
     _location: str | None
+    _interruption: Interruption | None
 
     def __init__(
         self,
@@ -145,6 +149,7 @@ class CacheDict(dict[str, Any]):
         self._names = _Names(rename, alias)
         self._slots = {}
         self._location = None
+        self._interruption = None  # set by load() on a cache whose writer did not finish
         for path, value in (data or {}).items():
             if isinstance(value, Entry):
                 dict.__setitem__(self, path, value)
@@ -237,6 +242,7 @@ class CacheDict(dict[str, Any]):
         view._names = root._names
         view._slots = root._slots
         view._location = root._location
+        view._interruption = root._interruption
         return view
 
     def _children(self) -> list[str]:
@@ -327,13 +333,13 @@ class CacheDict(dict[str, Any]):
             raise AttributeError(
                 f"nothing was cached for {self._path!r} itself, only for modules under it "
                 f"({', '.join(below)}): read one of those, or include {self._path!r} in "
-                f"modules= when creating the cache"
+                f"modules= when creating the cache.{self._note()}"
             )
         value = dict.__getitem__(self, self._path)
         try:
             return getattr(value, name)
         except AttributeError as error:
-            raise AttributeError(f"{self._path!r}: {error}") from None
+            raise AttributeError(f"{self._path!r}: {error}.{self._note()}") from None
 
     # -- messages ------------------------------------------------------------------
 
@@ -342,7 +348,7 @@ class CacheDict(dict[str, Any]):
         if not dict.__len__(root):
             return (
                 f"no cached module {full!r}: the cache is empty. Check modules=, "
-                f"include_output/include_inputs, and that the model ran"
+                f"include_output/include_inputs, and that the model ran.{self._note()}"
             )
         names = root._names
         pool: dict[str, None] = {}
@@ -368,7 +374,7 @@ class CacheDict(dict[str, Any]):
         )
         return (
             f"no cached module {full!r}; {hint}. Check the spelling; a module that was "
-            f"filtered out by modules= or never ran is not in the cache"
+            f"filtered out by modules= or never ran is not in the cache.{self._note()}"
         )
 
     def _bad_index(self, index: int, numbers: list[int]) -> str:
@@ -386,9 +392,28 @@ class CacheDict(dict[str, Any]):
             message += (
                 f". It ran {len(own)} times: pick one call with cache[{self._path!r}][{index}]"
             )
-        return message
+        return message + self._note()
+
+    def _note(self) -> str:
+        """What a missing value may mean in an incomplete cache; empty otherwise."""
+        interruption = self._interruption
+        return "" if interruption is None else interruption.note()
 
     # -- the dict surface ------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """False for a cache opened with ``load(..., allow_incomplete=True)`` from a
+        directory whose writer did not finish; True otherwise."""
+        return self._interruption is None
+
+    @property
+    def lost(self) -> tuple[str, ...]:
+        """In an incomplete cache, the values its writer had started but not written
+        (``"model.h.3.output.i0"``); reading one raises ``LostValueError``. Empty for a
+        complete cache. Values the writer had not reached yet are not known."""
+        interruption = self._interruption
+        return () if interruption is None else interruption.lost
 
     def keys(self, alias: bool = False) -> KeysView[str]:  # type: ignore[override]
         """Cached module paths.
@@ -409,6 +434,12 @@ class CacheDict(dict[str, Any]):
     def __repr__(self) -> str:
         keys = list(dict.keys(self))
         where = "in memory" if self._location is None else f"on disk at {self._location}"
+        interruption = self._interruption
+        if interruption is not None:
+            where += (
+                f", INCOMPLETE: {interruption.state()}, {len(interruption.lost)} started "
+                f"values lost"
+            )
         label = f"{self._path!r}, " if self._path else ""
         count = f"{len(keys)} module{'' if len(keys) == 1 else 's'}"
         lines = [f"CacheDict({label}{count}, {where})"]
