@@ -18,6 +18,7 @@ import torch
 
 from endoscope_cache import (
     Cache,
+    CorruptCacheError,
     EntryList,
     IncompleteCacheError,
     IncompleteCacheWarning,
@@ -550,3 +551,89 @@ def test_a_writer_killed_at_any_point_leaves_a_cache_that_says_what_it_holds(
                 assert entry._has(kind) == kept
                 if kept:
                     same(getattr(entry, kind), getattr(before, kind))
+
+
+def test_a_cache_still_being_written_says_so(tmp_path) -> None:
+    cache = Cache(directory=tmp_path, shard_size=64)
+    cache.add("model.a.output.i0", torch.zeros(16))
+    cache.add("model.b.output.i0", torch.ones(16))  # shard 0 written, this one buffered
+    with pytest.raises(IncompleteCacheError, match="its writer is still running") as raised:
+        load(tmp_path)
+    assert raised.value.directory == str(tmp_path)
+    assert "complete: 1 value of 1 module in 1 shard" in str(raised.value)
+    with pytest.warns(IncompleteCacheWarning, match="still running"):
+        partial = load(tmp_path, allow_incomplete=True)
+    assert torch.equal(partial.model.a.output, torch.zeros(16))
+    assert partial.lost == ("model.b.output.i0",)
+    with pytest.raises(LostValueError, match="not in the cache at .* yet: its writer is still"):
+        _ = partial.model.b.output
+    with pytest.raises(FileExistsError, match="incomplete cache .* append=True"):
+        Cache(directory=tmp_path)
+    with pytest.raises(RuntimeError, match="another running writer"):
+        Cache(directory=tmp_path, append=True)
+    cache.close()
+    done = load(tmp_path)
+    assert done.complete and torch.equal(done.model.b.output, torch.ones(16))
+    assert "INCOMPLETE" not in repr(done) and not (tmp_path / "journal.jsonl").exists()
+
+
+def test_damaged_shards_are_named_and_the_rest_stays_readable(tmp_path) -> None:
+    with Cache(directory=tmp_path, shard_size=64) as cache:
+        for i in range(3):
+            cache.add(f"model.layers.{i}.output.i0", torch.full((16,), float(i)))
+    path = tmp_path / shard_name(1)
+    data = path.read_bytes()
+    path.write_bytes(data[:-4] + bytes(4))  # the last value's bytes zeroed
+    loaded = load(tmp_path)  # sizes match: found on the first read from that shard
+    with pytest.raises(CorruptCacheError, match=f"cache shard {path} is corrupted"):
+        _ = loaded.model.layers[1].output
+    assert torch.equal(loaded.model.layers[2].output, torch.full((16,), 2.0))
+    unchecked = load(tmp_path, verify=False)
+    assert unchecked.model.layers[1].output[-1] == 0.0
+    path.write_bytes(data[:-8])
+    with pytest.raises(CorruptCacheError, match=f"cache shard {path} is truncated") as raised:
+        load(tmp_path)
+    assert "load(directory, verify=False) reads the values in the other shards" in str(raised.value)
+    damaged = load(tmp_path, verify=False)
+    with pytest.raises(CorruptCacheError, match=f"cache shard {path} is damaged"):
+        _ = damaged.model.layers[1].output
+    assert torch.equal(damaged.model.layers[0].output, torch.zeros(16))
+    (tmp_path / MANIFEST).write_text('{"format": "endoscope-cache", "rec')
+    with pytest.raises(CorruptCacheError, match=f"{tmp_path / MANIFEST} is corrupted"):
+        load(tmp_path)
+
+
+def interrupted_writer(directory: Path) -> None:
+    """What a killed writer leaves, made in this process: no close(), the lock let go."""
+    cache = Cache(directory=directory, shard_size=64, include_inputs=True)
+    cache._finalizer.detach()  # a killed process runs no finalizer
+    cache.add("model.a.input.i0", ((torch.zeros(16),), {}))
+    cache.add("model.a.output.i0", torch.ones(16))
+    cache.add("model.b.input.i0", ((torch.full((16,), 2.0),), {}))
+    cache.add("model.b.output.i0", torch.full((16,), 3.0))
+    cache._writer._journal.close(remove=False)
+
+
+def test_dump_of_an_incomplete_cache_writes_its_complete_part(tmp_path) -> None:
+    interrupted_writer(tmp_path / "killed")
+    with pytest.warns(IncompleteCacheWarning):
+        loaded = load(tmp_path / "killed", allow_incomplete=True)
+    assert loaded.lost == ("model.b.output.i0",)
+    assert "model.b  output=<lost> inputs=((float32[16],), {})" in repr(loaded)
+    loaded.model.b.dump(tmp_path / "copy")
+    copy = load(tmp_path / "copy")
+    assert copy.complete and list(copy) == ["model.b"]
+    assert torch.equal(copy.model.b.input, torch.full((16,), 2.0))
+    with pytest.raises(AttributeError, match="holds no output"):
+        _ = copy.model.b.output
+
+
+def test_append_needs_a_directory_and_starts_a_cache_where_there_is_none(tmp_path) -> None:
+    with pytest.raises(ValueError, match="append=True adds to a cache on disk: pass directory="):
+        Cache(append=True)
+    with Cache(directory=tmp_path, append=True) as cache:
+        cache.add("model.output.i0", torch.ones(2))
+    with Cache(directory=tmp_path, append=True) as cache:
+        cache.add("model.output.i0", torch.zeros(2))  # a second run: a second call
+        assert torch.equal(cache.cache.model.output[0], torch.ones(2))
+    assert [t.tolist() for t in load(tmp_path).model.output] == [[1.0, 1.0], [0.0, 0.0]]
