@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from endoscope_envoy import NNsight
@@ -53,3 +54,20 @@ def test_cache_streams_to_disk(net, x, tmp_path, no_leftovers) -> None:
     assert torch.equal(
         loaded.model.layers[2].output, net.layers[2](net.layers[1](net.layers[0](net.embed(x))))
     )
+
+
+def test_cache_appends_to_a_directory_across_traces(net, x, tmp_path, no_leftovers) -> None:
+    from endoscope_cache import load
+
+    model = NNsight(net)
+    with model.trace(x) as tracer:
+        tracer.cache(directory=tmp_path / "acts")
+    with pytest.raises(FileExistsError, match="append=True"):
+        with model.trace(x) as tracer:
+            tracer.cache(directory=tmp_path / "acts")
+    with model.trace(x * 2) as tracer:
+        tracer.cache(directory=tmp_path / "acts", append=True, fsync=False)
+    loaded = load(tmp_path / "acts")
+    first, second = loaded.model.layers[0].output
+    assert torch.equal(first, net.layers[0](net.embed(x)))
+    assert torch.equal(second, net.layers[0](net.embed(x * 2)))

@@ -114,8 +114,12 @@ class CacheDict(dict[str, Any]):
     fragment) are accepted wherever a path is: ``cache.model.layers[0]`` when
     ``rename={"transformer.h": "layers"}``.
 
-    A module whose name clashes with a ``dict`` method (``keys``, ``items``, ...) is
-    reached by key: ``cache["model.keys"]``.
+    A module whose name clashes with a ``dict`` method (``keys``, ``items``, ...) or
+    with ``dump``, ``complete`` or ``lost`` is reached by key: ``cache["model.keys"]``.
+
+    A cache opened with ``load(..., allow_incomplete=True)`` from a directory whose
+    writer did not finish has ``complete`` False and names what was lost in ``lost``;
+    its ``repr`` says so, and so do the errors for values it does not hold.
 
     Args:
         data: initial entries, path to ``Entry`` or list of entries.
@@ -403,15 +407,20 @@ class CacheDict(dict[str, Any]):
 
     @property
     def complete(self) -> bool:
-        """False for a cache opened with ``load(..., allow_incomplete=True)`` from a
-        directory whose writer did not finish; True otherwise."""
+        """Whether the writer of this cache finished.
+
+        False for a cache opened with ``load(..., allow_incomplete=True)`` from a
+        directory whose writer was interrupted or is still running; True otherwise.
+        """
         return self._interruption is None
 
     @property
     def lost(self) -> tuple[str, ...]:
-        """In an incomplete cache, the values its writer had started but not written
-        (``"model.h.3.output.i0"``); reading one raises ``LostValueError``. Empty for a
-        complete cache. Values the writer had not reached yet are not known."""
+        """The values an incomplete cache's writer had started but not written.
+
+        Named like ``"model.h.3.output.i0"``; reading one raises ``LostValueError``.
+        Empty for a complete cache. Values the writer had not reached are not known.
+        """
         interruption = self._interruption
         return () if interruption is None else interruption.lost
 

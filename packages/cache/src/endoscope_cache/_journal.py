@@ -190,9 +190,10 @@ class Interruption:
 
     def note(self) -> str:
         """A sentence for messages about a value that is not in the cache."""
+        started = f" ({len(self.lost)} it had started are listed in .lost)" if self.lost else ""
         return (
             f" This cache is incomplete: {self.state()}, so values it had not reached "
-            f"are missing ({len(self.lost)} it had started are listed in .lost)."
+            f"are missing{started}."
         )
 
 

@@ -194,7 +194,8 @@ class InterleavingTracer(Tracer):
 
         Options: ``device="cpu"``, ``dtype=None``, ``detach=True``,
         ``include_output=True``, ``include_inputs=False``, ``directory=None``
-        (stream to safetensors shards). See :func:`attach_cache`.
+        (stream to safetensors shards), ``append=False`` (add to the cache already in
+        ``directory``), ``fsync=True``. See :func:`attach_cache`.
         """
         from ._caching import attach_cache
 
