@@ -75,10 +75,15 @@ class Journal:
                 f"or write to another directory"
             )
         self._current: bytes | None = None
+        self._quoted: dict[str, str] = {}
 
     def start(self, path: str, index: int, iteration: int | None, kind: str) -> None:
         """Note that the value ``kind`` of entry ``index`` of ``path`` is being written."""
-        line = (json.dumps([path, index, iteration, kind], separators=(",", ":")) + "\n").encode()
+        quoted = self._quoted.get(path)
+        if quoted is None:  # json.dumps once per module path: this runs for every value
+            quoted = self._quoted[path] = json.dumps(path)
+        step = "null" if iteration is None else int(iteration)
+        line = f'[{quoted},{int(index)},{step},"{kind}"]\n'.encode()
         self._file.write(line)  # unbuffered: one write(2), whole even if killed
         self._current = line
 
