@@ -188,7 +188,10 @@ class Cache:
 
     Raises:
         FileExistsError: ``directory`` holds a cache and ``append`` is false.
+        RuntimeError: another writer is writing to ``directory`` right now.
         CorruptCacheError: with ``append``, a shard of the existing cache is damaged.
+        ValueError: ``append`` without ``directory``, or the cache there was written
+            with other ``rename``/``alias``.
 
     Attributes:
         cache: the :class:`CacheDict` of entries.
