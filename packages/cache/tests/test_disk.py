@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from endoscope_cache import Cache, EntryList, dump, load
+from endoscope_cache import (
+    Cache,
+    CorruptCacheError,
+    EntryList,
+    IncompleteCacheError,
+    IncompleteCacheWarning,
+    LostValueError,
+    dump,
+    load,
+)
 from endoscope_cache._disk import read_manifest
+from endoscope_cache._journal import LostValue
 from endoscope_cache._shards import MANIFEST, shard_name
 
 # The toy model of conftest.py, rebuilt in child processes from the same seed.
@@ -244,44 +258,6 @@ def test_cache_saved_here_reopens_in_another_process(tmp_path, toy, ids, recorde
     assert "model.transformer.h.0.mlp.0  output=float32[2, 5, 16]" in result.stdout
 
 
-CHILD_CRASHES = """
-import os, sys, torch
-import endoscope_cache._shards as shards
-from endoscope_cache import Cache
-
-real = shards.write_shard
-written = []
-
-def crash_on_third(path, header, chunks):
-    if len(written) == 2:
-        # Half a shard reaches the disk, then the process dies as if killed.
-        with open(path.with_name(path.name + ".partial"), "wb") as handle:
-            handle.write(b"\\x00" * 100)
-        os._exit(17)
-    real(path, header, chunks)
-    written.append(path)
-
-shards.write_shard = crash_on_third
-cache = Cache(directory=sys.argv[1], shard_size=4096)
-for i in range(100):
-    cache.add(f"model.layers.{i % 4}.output.i{i // 4}", torch.full((16, 16), float(i)))
-"""
-
-
-def test_a_crash_mid_write_leaves_earlier_shards_readable(tmp_path) -> None:
-    result = run_child(CHILD_CRASHES, str(tmp_path))
-    assert result.returncode == 17, result.stderr
-    assert (tmp_path / "shard-00002.safetensors.partial").exists()
-    loaded = load(tmp_path)
-    # Two whole shards of four 1 KiB values each were written before the crash.
-    assert list(loaded) == [f"model.layers.{i}" for i in range(4)]
-    for i in range(8):
-        entry = loaded[f"model.layers.{i % 4}"][i // 4]
-        assert entry.iteration == i // 4
-        assert torch.equal(entry.output, torch.full((16, 16), float(i)))
-    assert json.loads((tmp_path / MANIFEST).read_text())["complete"] is False
-
-
 CHILD_STREAMS = """
 import gc, json, re, sys, torch
 from endoscope_cache import Cache
@@ -333,3 +309,331 @@ def test_streaming_400_mb_keeps_memory_bounded(tmp_path) -> None:
     assert torch.equal(loaded["model.layers.3"][5].output, torch.full((1024, 1024), 53.0))
     assert torch.equal(loaded["model.layers.9"][9].output, torch.full((1024, 1024), 99.0))
     assert sum(f.stat().st_size for f in tmp_path.glob("shard-*")) >= report["total"]
+
+
+# Writers that stream two forward passes of the toy model through plain hooks and the
+# public API, each stopping for good at one chosen point of the write: it reports
+# "paused <point> <pid>" and the test kills it there with SIGKILL. The writers are
+# forked from one process so that torch is imported once.
+CHILD_PAUSES = """
+import importlib.util, os, signal, sys, torch
+import endoscope_cache._shards as shards
+from endoscope_cache import Cache
+
+torch.set_num_threads(1)
+conftest, base, target = sys.argv[1], sys.argv[2], int(sys.argv[3])
+spec = importlib.util.spec_from_file_location("toy_conftest", conftest)
+toy_module = importlib.util.module_from_spec(spec)
+sys.modules["toy_conftest"] = toy_module
+spec.loader.exec_module(toy_module)
+target_shard = shards.shard_name(target)
+real_write, real_replace = shards._Sink.write, os.replace
+
+
+def write_and_pause(point, directory):
+    def pause():
+        os.write(1, f"paused {point} {os.getpid()}\\n".encode())
+        while True:
+            signal.pause()
+
+    def write(self, data):
+        name = os.path.basename(self.handle.name)
+        halfway = (
+            # the data section of the target shard (after its length and header)
+            (point == "mid-shard" and name == target_shard + ".partial" and self.size > 8)
+            # the first manifest that would list the target shard
+            or (point == "manifest" and name == "manifest.json.partial"
+                and os.path.exists(os.path.join(directory, target_shard)))
+            # the last manifest, the one that says the cache is complete
+            or (point == "closing" and name == "manifest.json.partial"
+                and b'"complete": true' in bytes(data))
+        )
+        if halfway:
+            view = memoryview(data).cast("B")
+            real_write(self, view[: len(view) // 2])
+            self.handle.flush()
+            pause()
+        real_write(self, data)
+
+    def replace(source, destination):
+        real_replace(source, destination)
+        if point == "between-shards" and os.path.basename(destination) == target_shard:
+            pause()  # the shard is in place; the manifest does not list it yet
+
+    shards._Sink.write = write
+    os.replace = replace
+    torch.manual_seed(0)
+    model = toy_module.Toy().eval()
+    cache = Cache(include_inputs=True, directory=directory, shard_size=1024)
+    recorder = toy_module.Recorder(model, cache)
+    with torch.no_grad():
+        for _ in range(2):
+            recorder.new_pass()
+            model(torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]))
+    cache.close()
+    os.write(1, f"finished {point} without pausing\\n".encode())
+
+
+writers = {}
+for point in sys.argv[4:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            write_and_pause(point, os.path.join(base, point))
+        finally:
+            os._exit(1)
+    writers[pid] = point
+for pid, point in writers.items():
+    _, status = os.waitpid(pid, 0)
+    print("ended", point, os.waitstatus_to_exitcode(status), flush=True)
+"""
+# Two passes write 51 shards of 1 KiB; shard 35 is filled in the middle of the second.
+KILL_POINTS = ("mid-shard", "between-shards", "manifest", "closing")
+TARGET_SHARD = 35
+
+
+@pytest.fixture(scope="module")
+def killed_writers(tmp_path_factory) -> dict[str, Path]:
+    """One cache directory per kill point, each left by a writer killed with SIGKILL."""
+    base = tmp_path_factory.mktemp("killed")
+    child = subprocess.Popen(
+        [
+            *(sys.executable, "-W", "ignore", "-c", CHILD_PAUSES),
+            *(str(CONFTEST), str(base), str(TARGET_SHARD), *KILL_POINTS),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, so a failure can end the writers
+    )
+    ended = []
+    try:
+        while len(ended) < len(KILL_POINTS):
+            line = child.stdout.readline()  # blocks until a writer has paused or ended
+            if line.startswith("paused "):
+                os.kill(int(line.split()[2]), signal.SIGKILL)
+            else:
+                assert line.startswith("ended "), line + child.stderr.read()
+                ended.append(line.strip())
+    finally:
+        if len(ended) < len(KILL_POINTS):
+            os.killpg(child.pid, signal.SIGKILL)
+        _, err = child.communicate()
+    assert child.returncode == 0, err
+    assert sorted(ended) == sorted(f"ended {p} {-signal.SIGKILL}" for p in KILL_POINTS)
+    return {point: base / point for point in KILL_POINTS}
+
+
+def reference_passes(toy, ids, recorder_factory, passes: int):
+    ref = recorder_factory(toy)
+    with torch.no_grad():
+        for _ in range(passes):
+            ref.new_pass()
+            toy(ids)
+    return ref
+
+
+def plain(value):
+    """A dataclass as the dict a process without its class reads back."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return value
+
+
+def entries_of(value) -> list:
+    return list(value) if isinstance(value, EntryList) else [value]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_writer_killed_at_any_point_leaves_a_cache_that_says_what_it_holds(
+    point, killed_writers, toy, ids, recorder_factory, same
+) -> None:
+    directory = killed_writers[point]
+    leftovers = {
+        "mid-shard": directory / (shard_name(TARGET_SHARD) + ".partial"),
+        "between-shards": directory / shard_name(TARGET_SHARD),
+        "manifest": directory / "manifest.json.partial",
+        "closing": directory / "manifest.json.partial",
+    }
+    assert leftovers[point].exists()  # the kill really hit the write in progress
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert manifest["complete"] is False
+    listed = len(manifest["shards"])
+    assert listed == (50 if point == "closing" else TARGET_SHARD)
+
+    # Opening says it is incomplete, what is complete and how to open it anyway.
+    with pytest.raises(IncompleteCacheError) as raised:
+        load(directory)
+    message = str(raised.value)
+    values = len(manifest["records"])
+    assert f"complete: {values} values of" in message and f"in {listed} shards" in message
+    assert "interrupted (killed or crashed) before close()" in message
+    assert f"load({str(directory)!r}, allow_incomplete=True)" in message
+    assert "append=True" in message
+    last = manifest["records"][-1]
+    assert f"the last recorded being {last['path']}." in message
+
+    with pytest.warns(IncompleteCacheWarning, match=f"complete: {values} values"):
+        loaded = load(directory, allow_incomplete=True)
+    assert loaded.complete is False and loaded.model.complete is False
+    assert "INCOMPLETE: its writer was interrupted" in repr(loaded).splitlines()[0]
+    assert loaded.lost and all(name in message for name in loaded.lost[:5])
+    assert "<lost>" in repr(loaded)
+
+    # Everything complete equals plain torch; every lost value says it was lost.
+    ref = reference_passes(toy, ids, recorder_factory, 2)
+    read = lost = 0
+    for path in loaded:
+        for index, entry in enumerate(entries_of(loaded[path])):
+            for kind, expected in (("output", ref.outputs), ("inputs", ref.inputs)):
+                if not entry._has(kind):
+                    continue
+                name = f"{path}.{'output' if kind == 'output' else 'input'}.i{entry.iteration}"
+                if index != entry.iteration:
+                    name += f" (call {index})"
+                if name in loaded.lost:
+                    with pytest.raises(LostValueError) as raised:
+                        getattr(entry, kind)
+                    assert str(raised.value).startswith(f"{name} was lost: its writer was ")
+                    lost += 1
+                else:
+                    same(getattr(entry, kind), plain(expected[path][index]))
+                    read += 1
+    assert read == values and lost == len(loaded.lost) > 0
+    # The first pass (a whole trace) was complete before the kill and reads back whole.
+    assert values > 52
+    # What the writer never reached is missing, and the messages say why.
+    shared = loaded["model.shared"]
+    assert isinstance(shared, EntryList) and len(shared) <= 4  # two calls per pass
+    with pytest.raises(IndexError, match="This cache is incomplete: its writer was interrupted"):
+        shared[len(shared)]
+    if "model.output.i0 (call 1)" in loaded.lost:  # the last value, lost while closing
+        with pytest.raises(LostValueError, match=r"model\.output\.i0 \(call 1\) was lost"):
+            _ = loaded.model.output
+    else:
+        with pytest.raises(AttributeError, match="holds no output.*This cache is incomplete"):
+            _ = loaded.model.output
+
+    # A new writer checks the cache, clears what the kill left, and appends a pass.
+    with Cache(include_inputs=True, directory=directory, shard_size=1024, append=True) as cache:
+        assert not leftovers[point].exists() and not list(directory.glob("*.partial"))
+        assert len(cache.cache["model.embed"]) == 2  # the old values, readable
+        recorder = recorder_factory(toy, cache)
+        with torch.no_grad():
+            toy(ids)
+        recorder.remove()
+    assert not (directory / "journal.jsonl").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load(directory)
+    assert again.complete and again.lost == ()
+    new = reference_passes(toy, ids, recorder_factory, 1)
+    for path in new.outputs:
+        entries = entries_of(again[path])
+        # The old entries that held anything complete stay, in order, untouched.
+        old = [
+            entry
+            for entry in (entries_of(loaded[path]) if path in loaded else [])
+            if any(
+                e._has(k) and not isinstance(e._raw(k), LostValue)
+                for e in [entry]
+                for k in ("output", "inputs")
+            )
+        ]
+        calls = len(new.outputs[path])
+        assert len(entries) == len(old) + calls
+        for entry, output, inputs in zip(entries[-calls:], new.outputs[path], new.inputs[path]):
+            same(entry.output, output)
+            same(entry.inputs, inputs)
+        for entry, before in zip(entries, old):
+            for kind in ("output", "inputs"):
+                kept = before._has(kind) and not isinstance(before._raw(kind), LostValue)
+                assert entry._has(kind) == kept
+                if kept:
+                    same(getattr(entry, kind), getattr(before, kind))
+
+
+def test_a_cache_still_being_written_says_so(tmp_path) -> None:
+    cache = Cache(directory=tmp_path, shard_size=64)
+    cache.add("model.a.output.i0", torch.zeros(16))
+    cache.add("model.b.output.i0", torch.ones(16))  # shard 0 written, this one buffered
+    with pytest.raises(IncompleteCacheError, match="its writer is still running") as raised:
+        load(tmp_path)
+    assert raised.value.directory == str(tmp_path)
+    assert "complete: 1 value of 1 module in 1 shard" in str(raised.value)
+    with pytest.warns(IncompleteCacheWarning, match="still running"):
+        partial = load(tmp_path, allow_incomplete=True)
+    assert torch.equal(partial.model.a.output, torch.zeros(16))
+    assert partial.lost == ("model.b.output.i0",)
+    with pytest.raises(LostValueError, match="not in the cache at .* yet: its writer is still"):
+        _ = partial.model.b.output
+    with pytest.raises(FileExistsError, match="incomplete cache .* append=True"):
+        Cache(directory=tmp_path)
+    with pytest.raises(RuntimeError, match="another running writer"):
+        Cache(directory=tmp_path, append=True)
+    cache.close()
+    done = load(tmp_path)
+    assert done.complete and torch.equal(done.model.b.output, torch.ones(16))
+    assert "INCOMPLETE" not in repr(done) and not (tmp_path / "journal.jsonl").exists()
+
+
+def test_damaged_shards_are_named_and_the_rest_stays_readable(tmp_path) -> None:
+    with Cache(directory=tmp_path, shard_size=64) as cache:
+        for i in range(3):
+            cache.add(f"model.layers.{i}.output.i0", torch.full((16,), float(i)))
+    path = tmp_path / shard_name(1)
+    data = path.read_bytes()
+    path.write_bytes(data[:-4] + bytes(4))  # the last value's bytes zeroed
+    loaded = load(tmp_path)  # sizes match: found on the first read from that shard
+    with pytest.raises(CorruptCacheError, match=f"cache shard {path} is corrupted"):
+        _ = loaded.model.layers[1].output
+    assert torch.equal(loaded.model.layers[2].output, torch.full((16,), 2.0))
+    unchecked = load(tmp_path, verify=False)
+    assert unchecked.model.layers[1].output[-1] == 0.0
+    path.write_bytes(data[:-8])
+    with pytest.raises(CorruptCacheError, match=f"cache shard {path} is truncated") as raised:
+        load(tmp_path)
+    assert "load(directory, verify=False) reads the values in the other shards" in str(raised.value)
+    damaged = load(tmp_path, verify=False)
+    with pytest.raises(CorruptCacheError, match=f"cache shard {path} is damaged"):
+        _ = damaged.model.layers[1].output
+    assert torch.equal(damaged.model.layers[0].output, torch.zeros(16))
+    (tmp_path / MANIFEST).write_text('{"format": "endoscope-cache", "rec')
+    with pytest.raises(CorruptCacheError, match=f"{tmp_path / MANIFEST} is corrupted"):
+        load(tmp_path)
+
+
+def interrupted_writer(directory: Path) -> None:
+    """What a killed writer leaves, made in this process: no close(), the lock let go."""
+    cache = Cache(directory=directory, shard_size=64, include_inputs=True)
+    cache._finalizer.detach()  # a killed process runs no finalizer
+    cache.add("model.a.input.i0", ((torch.zeros(16),), {}))
+    cache.add("model.a.output.i0", torch.ones(16))
+    cache.add("model.b.input.i0", ((torch.full((16,), 2.0),), {}))
+    cache.add("model.b.output.i0", torch.full((16,), 3.0))
+    cache._writer._journal.close(remove=False)
+
+
+def test_dump_of_an_incomplete_cache_writes_its_complete_part(tmp_path) -> None:
+    interrupted_writer(tmp_path / "killed")
+    with pytest.warns(IncompleteCacheWarning):
+        loaded = load(tmp_path / "killed", allow_incomplete=True)
+    assert loaded.lost == ("model.b.output.i0",)
+    assert "model.b  output=<lost> inputs=((float32[16],), {})" in repr(loaded)
+    loaded.model.b.dump(tmp_path / "copy")
+    copy = load(tmp_path / "copy")
+    assert copy.complete and list(copy) == ["model.b"]
+    assert torch.equal(copy.model.b.input, torch.full((16,), 2.0))
+    with pytest.raises(AttributeError, match="holds no output"):
+        _ = copy.model.b.output
+
+
+def test_append_needs_a_directory_and_starts_a_cache_where_there_is_none(tmp_path) -> None:
+    with pytest.raises(ValueError, match="append=True adds to a cache on disk: pass directory="):
+        Cache(append=True)
+    with Cache(directory=tmp_path, append=True) as cache:
+        cache.add("model.output.i0", torch.ones(2))
+    with Cache(directory=tmp_path, append=True) as cache:
+        cache.add("model.output.i0", torch.zeros(2))  # a second run: a second call
+        assert torch.equal(cache.cache.model.output[0], torch.ones(2))
+    assert [t.tolist() for t in load(tmp_path).model.output] == [[1.0, 1.0], [0.0, 0.0]]

@@ -92,3 +92,18 @@ def test_repr_describes_shapes_not_values() -> None:
     entry = Entry(output=(torch.zeros(2, 3), None), inputs=((torch.ones(2, 4),), {}), iteration=1)
     assert repr(entry) == "Entry(i1 output=(float32[2, 3], None) inputs=((float32[2, 4],), {}))"
     assert repr(Entry()) == "Entry((empty))"
+
+
+def test_entry_list_index_out_of_range_names_the_cached_calls() -> None:
+    calls = EntryList([Entry(output=torch.ones(1), iteration=i) for i in range(3)])
+    assert calls[-1] is list.__getitem__(calls, 2) and calls[1:] == [calls[1], calls[2]]
+    with pytest.raises(
+        IndexError,
+        match=r"call 3 is out of range: this module has 3 cached calls \(0-2, or -3 to -1\)\.$",
+    ):
+        calls[3]
+    calls._note = " This cache is incomplete."  # what load() sets on an incomplete cache
+    with pytest.raises(
+        IndexError, match=r"cached calls \(0-2, or -3 to -1\)\. This cache is incomplete\.$"
+    ):
+        calls[-4]

@@ -1,14 +1,27 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from endoscope_cache._shards import MANIFEST, ShardReader, ShardWriter, StoredValue, shard_name
+from endoscope_cache import CorruptCacheError
+from endoscope_cache._journal import writer_running
+from endoscope_cache._shards import (
+    MANIFEST,
+    ShardReader,
+    ShardWriter,
+    StoredValue,
+    read_manifest,
+    shard_checks,
+    shard_name,
+)
 
 
 def manifest(directory: Path) -> dict:
@@ -164,3 +177,142 @@ def test_reader_keeps_a_bounded_number_of_shards_open(tmp_path: Path, monkeypatc
     for i, value in enumerate(values):
         assert StoredValue(value.node, reader).load().item() == i
     assert len(reader._handles) == 2
+
+
+def test_manifest_records_each_shards_size_and_crc32(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, shard_size=256)
+    for i in range(10):
+        writer.write_value("m", i, i, "output", torch.full((16,), float(i)))
+    writer.write_value("m", 10, 10, "output", torch.arange(100, dtype=torch.float64))  # large
+    writer.close()
+    written = manifest(tmp_path)
+    assert len(written["shards"]) == len(written["shard_bytes"]) == len(written["shard_crc32"])
+    for name, size, crc in zip(written["shards"], written["shard_bytes"], written["shard_crc32"]):
+        data = (tmp_path / name).read_bytes()
+        assert size == len(data) and crc == zlib.crc32(data)
+
+
+def test_each_file_is_forced_to_disk_before_it_is_renamed_into_place(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import endoscope_cache._shards as shards
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(source, destination) -> None:
+        events.append(("replace", os.path.basename(source)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(shards.os, "fsync", fsync)
+    monkeypatch.setattr(shards.os, "replace", replace)
+    writer = ShardWriter(tmp_path / "durable", shard_size=64)
+    for i in range(3):
+        writer.write_value("m", i, i, "output", torch.zeros(16))
+    writer.close()
+    renamed = [name for kind, name in events if kind == "replace"]
+    assert "shard-00002.safetensors.partial" in renamed and "manifest.json.partial" in renamed
+    for name in renamed:
+        # fsync of the file's data comes before its rename...
+        assert events.index(("fsync", name)) < events.index(("replace", name))
+    # ...and the directory is synced after each manifest, making the renames durable.
+    assert events[-1] == ("fsync", "durable")
+    events.clear()
+    fast = ShardWriter(tmp_path / "fast", shard_size=64, fsync=False)
+    fast.write_value("m", 0, 0, "output", torch.zeros(32))
+    fast.close()
+    assert [kind for kind, _ in events] == ["replace", "replace", "replace"]
+
+
+def test_a_damaged_shard_is_named_on_first_read(tmp_path: Path, monkeypatch) -> None:
+    import endoscope_cache._shards as shards
+
+    writer = ShardWriter(tmp_path, shard_size=64)
+    values = [
+        writer.write_value("m", i, i, "output", torch.full((16,), float(i))) for i in range(3)
+    ]
+    writer.close()
+    checks = shard_checks(manifest(tmp_path))
+    path = tmp_path / shard_name(1)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in the tensor data
+    path.write_bytes(bytes(data))
+    reader = ShardReader(tmp_path, checks=checks)
+    assert StoredValue(values[0].node, reader).load()[0] == 0.0
+    with pytest.raises(
+        CorruptCacheError, match=rf"cache shard {re.escape(str(path))} is corrupted"
+    ):
+        StoredValue(values[1].node, reader).load()
+    assert StoredValue(values[2].node, reader).load()[0] == 2.0
+    # Without checks the flipped bit is read as it is.
+    assert StoredValue(values[1].node, ShardReader(tmp_path)).load()[-1] != 1.0
+    # A shard is checked once per reader, not on every read.
+    sums = []
+    monkeypatch.setattr(
+        shards, "file_crc32", lambda p: sums.append(p) or zlib.crc32(p.read_bytes())
+    )
+    fresh = ShardReader(tmp_path, checks=checks)
+    for _ in range(3):
+        StoredValue(values[2].node, fresh).load()
+    assert sums == [tmp_path / shard_name(2)]
+
+    path.write_bytes(bytes(data[:-10]))  # truncated
+    with pytest.raises(
+        CorruptCacheError, match=r"is truncated: it holds \d+ bytes, its writer recorded"
+    ):
+        StoredValue(values[1].node, ShardReader(tmp_path, checks=checks)).load()
+    with pytest.raises(CorruptCacheError, match=rf"{re.escape(str(path))} is truncated") as raised:
+        read_manifest(tmp_path)
+    assert raised.value.path == str(path)
+    read_manifest(tmp_path, check_sizes=False)
+    # Unchecked, safetensors itself refuses the file; the error still names it.
+    with pytest.raises(CorruptCacheError, match=rf"cache shard {re.escape(str(path))} is damaged"):
+        StoredValue(values[1].node, ShardReader(tmp_path)).load()
+
+
+def test_appending_continues_a_cache_after_checking_it(tmp_path: Path) -> None:
+    first = ShardWriter(tmp_path, shard_size=64, header={"rename": {"h": "layers"}})
+    first.write_value("m", 0, 0, "output", torch.zeros(16))
+    first.write_value("m", 1, 1, "output", torch.ones(16))
+    first.close()
+    with pytest.raises(FileExistsError, match=r"already holds a cache: .* append=True"):
+        ShardWriter(tmp_path)
+    with pytest.raises(ValueError, match=r"written with rename=\{'h': 'layers'\}, not \{\}"):
+        ShardWriter(tmp_path, append=True)
+    (tmp_path / "shard-00007.safetensors").write_bytes(b"left by a crash")
+    (tmp_path / "shard-00002.safetensors.partial").write_bytes(b"half")
+    second = ShardWriter(tmp_path, shard_size=64, append=True, header={"rename": {"h": "layers"}})
+    assert [r["index"] for r in second.resumed] == [0, 1]
+    assert manifest(tmp_path)["complete"] is False  # while appending
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "journal.jsonl",
+        "manifest.json",
+        shard_name(0),
+        shard_name(1),
+    ]
+    with pytest.raises(RuntimeError, match="being written by another running writer"):
+        ShardWriter(tmp_path, append=True, header={"rename": {"h": "layers"}})
+    added = second.write_value("m", 2, 2, "output", torch.full((16,), 2.0))
+    second.close()
+    assert added.node["shard"] == 2
+    written = manifest(tmp_path)
+    assert written["complete"] is True and [r["index"] for r in written["records"]] == [0, 1, 2]
+    assert written["shards"] == [shard_name(i) for i in range(3)]
+    assert len(written["shard_crc32"]) == 3
+    # A damaged shard stops the append, naming the file.
+    path = tmp_path / shard_name(0)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x7f")
+    with pytest.raises(CorruptCacheError, match=rf"{re.escape(str(path))} is corrupted"):
+        ShardWriter(tmp_path, append=True, header={"rename": {"h": "layers"}})
+    assert not writer_running(tmp_path)  # the failed writer let go of the lock
+
+
+def test_appending_without_a_cache_starts_one(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path / "new", append=True)
+    assert writer.resumed == []
+    writer.close()
+    assert manifest(tmp_path / "new")["complete"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from endoscope_envoy import NNsight
@@ -53,3 +54,96 @@ def test_cache_streams_to_disk(net, x, tmp_path, no_leftovers) -> None:
     assert torch.equal(
         loaded.model.layers[2].output, net.layers[2](net.layers[1](net.layers[0](net.embed(x))))
     )
+
+
+def test_cache_appends_to_a_directory_across_traces(net, x, tmp_path, no_leftovers) -> None:
+    from endoscope_cache import load
+
+    model = NNsight(net)
+    with model.trace(x) as tracer:
+        tracer.cache(directory=tmp_path / "acts")
+    with pytest.raises(FileExistsError, match="append=True"):
+        with model.trace(x) as tracer:
+            tracer.cache(directory=tmp_path / "acts")
+    with model.trace(x * 2) as tracer:
+        tracer.cache(directory=tmp_path / "acts", append=True, fsync=False)
+    loaded = load(tmp_path / "acts")
+    first, second = loaded.model.layers[0].output
+    assert torch.equal(first, net.layers[0](net.embed(x)))
+    assert torch.equal(second, net.layers[0](net.embed(x * 2)))
+
+
+# Three traces, each caching to its own directory; the third stops for good inside the
+# forward pass (a user hook on layers[1]) and is killed there with SIGKILL.
+KILLED_IN_A_TRACE = """
+import importlib.util, os, signal, sys, torch
+from endoscope_envoy import CONFIG, NNsight
+
+conftest, base, CONFIG.scheduler = sys.argv[1], sys.argv[2], sys.argv[3]
+spec = importlib.util.spec_from_file_location("envoy_conftest", conftest)
+helpers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(helpers)
+torch.manual_seed(0)
+net = helpers.Net().eval()
+torch.manual_seed(1)
+x = torch.randn(3, 4)
+model = NNsight(net)
+
+def pause(module, args, output):
+    os.write(1, b"paused\\n")
+    while True:
+        signal.pause()
+
+for i in range(3):
+    if i == 2:
+        net.layers[1].register_forward_hook(pause)
+    with model.trace(x * (i + 1)) as tracer:
+        tracer.cache(directory=os.path.join(base, f"trace{i}"), include_inputs=True)
+"""
+
+
+def test_a_process_killed_mid_trace_leaves_earlier_traces_whole_and_says_so(
+    net, x, tmp_path, scheduler
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from endoscope_cache import IncompleteCacheError, IncompleteCacheWarning, LostValueError, load
+
+    conftest = Path(__file__).with_name("conftest.py")
+    script = tmp_path / "writer.py"  # a file: the traces' source is read from it
+    script.write_text(KILLED_IN_A_TRACE)
+    child = subprocess.Popen(
+        [sys.executable, "-W", "ignore", str(script), str(conftest), str(tmp_path), scheduler],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        line = child.stdout.readline()  # blocks until the third trace is inside layers[1]
+        assert line == b"paused\n", line + child.stderr.read()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    for i in range(2):  # the traces that finished read back whole, as plain torch computes
+        done = load(tmp_path / f"trace{i}")
+        h = net.embed(x * (i + 1))
+        assert torch.equal(done.model.embed.output, h)
+        for k in range(3):
+            assert torch.equal(done.model.layers[k].input, h)
+            h = net.layers[k](h)
+            assert torch.equal(done.model.layers[k].output, h)
+        assert torch.equal(done.model.output, net.head(h))
+    # The interrupted one refuses to open silently, and says what it lost.
+    with pytest.raises(IncompleteCacheError, match="complete: 0 values of 0 modules in 0 shards"):
+        load(tmp_path / "trace2")
+    with pytest.warns(IncompleteCacheWarning):
+        partial = load(tmp_path / "trace2", allow_incomplete=True)
+    assert not partial.complete and "model.embed.output.i0" in partial.lost
+    with pytest.raises(LostValueError, match=r"model\.embed\.output\.i0 was lost"):
+        _ = partial.model.embed.output
+    with pytest.raises(AttributeError, match="This cache is incomplete"):
+        _ = partial.model.head

@@ -11,13 +11,23 @@ from ._cachedict import CacheDict
 from ._codec import OpaqueValue
 from ._disk import dump, load
 from ._entry import Entry, EntryList
+from ._errors import (
+    CorruptCacheError,
+    IncompleteCacheError,
+    IncompleteCacheWarning,
+    LostValueError,
+)
 from ._version import __version__
 
 __all__ = [
     "Cache",
     "CacheDict",
+    "CorruptCacheError",
     "Entry",
     "EntryList",
+    "IncompleteCacheError",
+    "IncompleteCacheWarning",
+    "LostValueError",
     "OpaqueValue",
     "__version__",
     "dump",

@@ -13,7 +13,7 @@ import torch
 from ._cachedict import CacheDict
 from ._entry import _OUTPUT, Entry, EntryList, off_kinds, switched_off
 from ._nested import map_tensors
-from ._shards import DEFAULT_SHARD_SIZE, ShardWriter
+from ._shards import DEFAULT_SHARD_SIZE, ShardWriter, StoredValue
 
 __all__ = ["Cache", "parse_provider"]
 
@@ -176,6 +176,22 @@ class Cache:
         alias: alias to real path fragment.
         directory: stream to this new directory instead of keeping values in memory.
         shard_size: bytes per shard when streaming (the memory the writer uses).
+        fsync: when streaming, force each shard and manifest to the device before
+            renaming it into place (a power cut, not only a killed process, then
+            leaves a consistent cache). ``False`` is faster on slow disks.
+        append: with ``directory``, add to the cache already there (complete, or left
+            incomplete by an interrupted writer) instead of refusing. Every shard it
+            lists is checked first (size and CRC-32: one read of the whole cache) and
+            what the interruption left is cleared; its values stay readable through
+            :attr:`cache`, and new calls of a module come after its old ones. Without
+            a cache there, a new one is started.
+
+    Raises:
+        FileExistsError: ``directory`` holds a cache and ``append`` is false.
+        RuntimeError: another writer is writing to ``directory`` right now.
+        CorruptCacheError: with ``append``, a shard of the existing cache is damaged.
+        ValueError: ``append`` without ``directory``, or the cache there was written
+            with other ``rename``/``alias``.
 
     Attributes:
         cache: the :class:`CacheDict` of entries.
@@ -198,7 +214,11 @@ class Cache:
         directory: str | Path | None = None,
         *,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        fsync: bool = True,
+        append: bool = False,
     ) -> None:
+        if append and directory is None:
+            raise ValueError("append=True adds to a cache on disk: pass directory= too")
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype, e.g. torch.float16, not {dtype!r}")
         self.modules = _module_paths(modules)
@@ -230,12 +250,26 @@ class Cache:
                     "alias": self.cache._names.alias,
                     "switched_off": off_kinds(self.cache._off),
                 },
+                fsync=fsync,
+                append=append,
             )
             self.cache._location = str(self.directory)
+            if self._writer.resumed:
+                self._resume(self._writer)
             # Write the last shard even if close() is never called.
             self._finalizer = weakref.finalize(self, self._writer.close)
         if self._writer is None and dtype is None:
             self._make_output = self._output_recorders()
+
+    def _resume(self, writer: ShardWriter) -> None:
+        """Put the values of the cache being appended to into :attr:`cache`."""
+        cache = self.cache
+        for record in writer.resumed:
+            value = StoredValue(record["value"], writer)
+            cache._put(record["path"], record["index"], record["kind"], record["iteration"], value)
+        # No slots to fill: every value from now on starts a new entry after the old
+        # ones, even where an old entry lacks its other kind or shares an iteration.
+        cache._slots = {path: {} for path in dict.keys(cache)}
 
     def _target(self, provider: str) -> Target | None:
         """Parse and filter ``provider``; remember the verdict for its head."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, KeysView, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._entry import Entry, EntryList
+
+if TYPE_CHECKING:
+    from ._journal import Interruption
 
 __all__ = ["CacheDict"]
 
@@ -111,8 +114,12 @@ class CacheDict(dict[str, Any]):
     fragment) are accepted wherever a path is: ``cache.model.layers[0]`` when
     ``rename={"transformer.h": "layers"}``.
 
-    A module whose name clashes with a ``dict`` method (``keys``, ``items``, ...) is
-    reached by key: ``cache["model.keys"]``.
+    A module whose name clashes with a ``dict`` method (``keys``, ``items``, ...) or
+    with ``dump``, ``complete`` or ``lost`` is reached by key: ``cache["model.keys"]``.
+
+    A cache opened with ``load(..., allow_incomplete=True)`` from a directory whose
+    writer did not finish has ``complete`` False and names what was lost in ``lost``;
+    its ``repr`` says so, and so do the errors for values it does not hold.
 
     Args:
         data: initial entries, path to ``Entry`` or list of entries.
@@ -134,6 +141,7 @@ class CacheDict(dict[str, Any]):
     # The kinds the filling cache does not keep (flags of _entry.switched_off):
     # new entries read None for them.
     _off: int = 0
+    _interruption: Interruption | None
 
     def __init__(
         self,
@@ -148,6 +156,7 @@ class CacheDict(dict[str, Any]):
         self._names = _Names(rename, alias)
         self._slots = {}
         self._location = None
+        self._interruption = None  # set by load() on a cache whose writer did not finish
         for path, value in (data or {}).items():
             if isinstance(value, Entry):
                 dict.__setitem__(self, path, value)
@@ -240,6 +249,7 @@ class CacheDict(dict[str, Any]):
         view._names = root._names
         view._slots = root._slots
         view._location = root._location
+        view._interruption = root._interruption
         return view
 
     def _children(self) -> list[str]:
@@ -330,13 +340,13 @@ class CacheDict(dict[str, Any]):
             raise AttributeError(
                 f"nothing was cached for {self._path!r} itself, only for modules under it "
                 f"({', '.join(below)}): read one of those, or include {self._path!r} in "
-                f"modules= when creating the cache"
+                f"modules= when creating the cache.{self._note()}"
             )
         value = dict.__getitem__(self, self._path)
         try:
             return getattr(value, name)
         except AttributeError as error:
-            raise AttributeError(f"{self._path!r}: {error}") from None
+            raise AttributeError(f"{self._path!r}: {error}.{self._note()}") from None
 
     # -- messages ------------------------------------------------------------------
 
@@ -345,7 +355,7 @@ class CacheDict(dict[str, Any]):
         if not dict.__len__(root):
             return (
                 f"no cached module {full!r}: the cache is empty. Check modules=, "
-                f"include_output/include_inputs, and that the model ran"
+                f"include_output/include_inputs, and that the model ran.{self._note()}"
             )
         names = root._names
         pool: dict[str, None] = {}
@@ -371,7 +381,7 @@ class CacheDict(dict[str, Any]):
         )
         return (
             f"no cached module {full!r}; {hint}. Check the spelling; a module that was "
-            f"filtered out by modules= or never ran is not in the cache"
+            f"filtered out by modules= or never ran is not in the cache.{self._note()}"
         )
 
     def _bad_index(self, index: int, numbers: list[int]) -> str:
@@ -389,9 +399,33 @@ class CacheDict(dict[str, Any]):
             message += (
                 f". It ran {len(own)} times: pick one call with cache[{self._path!r}][{index}]"
             )
-        return message
+        return message + self._note()
+
+    def _note(self) -> str:
+        """What a missing value may mean in an incomplete cache; empty otherwise."""
+        interruption = self._interruption
+        return "" if interruption is None else interruption.note()
 
     # -- the dict surface ------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """Whether the writer of this cache finished.
+
+        False for a cache opened with ``load(..., allow_incomplete=True)`` from a
+        directory whose writer was interrupted or is still running; True otherwise.
+        """
+        return self._interruption is None
+
+    @property
+    def lost(self) -> tuple[str, ...]:
+        """The values an incomplete cache's writer had started but not written.
+
+        Named like ``"model.h.3.output.i0"``; reading one raises ``LostValueError``.
+        Empty for a complete cache. Values the writer had not reached are not known.
+        """
+        interruption = self._interruption
+        return () if interruption is None else interruption.lost
 
     def keys(self, alias: bool = False) -> KeysView[str]:  # type: ignore[override]
         """Cached module paths.
@@ -412,6 +446,12 @@ class CacheDict(dict[str, Any]):
     def __repr__(self) -> str:
         keys = list(dict.keys(self))
         where = "in memory" if self._location is None else f"on disk at {self._location}"
+        interruption = self._interruption
+        if interruption is not None:
+            where += (
+                f", INCOMPLETE: {interruption.state()}, {len(interruption.lost)} started "
+                f"values lost"
+            )
         label = f"{self._path!r}, " if self._path else ""
         count = f"{len(keys)} module{'' if len(keys) == 1 else 's'}"
         lines = [f"CacheDict({label}{count}, {where})"]

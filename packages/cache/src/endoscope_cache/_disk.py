@@ -2,66 +2,54 @@
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ._cachedict import CacheDict
-from ._entry import KINDS, Entry, off_flags, off_kinds
+from ._entry import KINDS, Entry, EntryList, off_flags, off_kinds
+from ._errors import IncompleteCacheError, IncompleteCacheWarning
+from ._journal import (
+    Interruption,
+    LostValue,
+    Started,
+    provider,
+    read_journal,
+    writer_running,
+)
 from ._shards import (
     DEFAULT_SHARD_SIZE,
-    FORMAT,
-    MANIFEST,
-    VERSION,
     ShardReader,
     ShardWriter,
     StoredValue,
-    shard_name,
+    read_manifest,
+    shard_checks,
 )
 
 __all__ = ["dump", "load", "read_manifest"]
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Parse and check the manifest of a cache directory.
-
-    Raises:
-        FileNotFoundError: no manifest, or a shard it names is missing.
-        ValueError: the manifest is not an endoscope cache manifest this version reads.
-    """
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{directory} is not a cache directory: it has no {MANIFEST}. Write one with "
-            f"Cache(directory=...) or endoscope_cache.dump(cache, directory)"
-        )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an endoscope cache manifest")
-    if manifest.get("version", 0) > VERSION:
-        raise ValueError(
-            f"{path} was written by a newer endoscope-cache (format version "
-            f"{manifest['version']}, this one reads {VERSION}): upgrade endoscope-cache"
-        )
-    for index in range(len(manifest.get("shards", []))):
-        if not (directory / shard_name(index)).is_file():
-            raise FileNotFoundError(
-                f"{directory / shard_name(index)} is missing: copy the cache directory "
-                f"whole, manifest and shards together"
-            )
-    return manifest
-
-
-def load(directory: str | Path, device: torch.device | str | None = "cpu") -> CacheDict:
+def load(
+    directory: str | Path,
+    device: torch.device | str | None = "cpu",
+    *,
+    allow_incomplete: bool = False,
+    verify: bool = True,
+) -> CacheDict:
     """Open a cache directory written by ``Cache(directory=...)`` or :func:`dump`.
 
     Navigation is the same as for the in-memory cache; tensors are read from the
     shards each time a value is accessed (``.output``, ``.inputs``, ``.input``), so
-    opening a large cache costs only the manifest. A cache whose writer crashed opens
-    with every value recorded before its last complete shard.
+    opening a large cache costs only the manifest and one ``stat`` per shard.
+
+    A cache whose writer did not finish (killed, crashed, or still running) raises
+    :class:`IncompleteCacheError`, which names what is complete. With
+    ``allow_incomplete=True`` it opens with the values recorded before the
+    interruption, with a :class:`IncompleteCacheWarning`; the result's ``complete``
+    is False, ``lost`` names the values the writer had started but not written,
+    and reading one of those raises :class:`LostValueError`.
 
     Dataclass and named-tuple values are rebuilt by importing their class by name, so
     open only caches you trust, as with ``pickle``.
@@ -69,26 +57,91 @@ def load(directory: str | Path, device: torch.device | str | None = "cpu") -> Ca
     Args:
         directory: the cache directory.
         device: where tensors are placed when read.
+        allow_incomplete: open an incomplete cache's complete part instead of raising.
+        verify: check each shard's size when opening and its CRC-32 the first time a
+            value in it is read (one pass over that shard's bytes). ``False`` skips
+            both, to read what is left of a damaged cache.
 
     Returns:
         A :class:`CacheDict` over the directory.
+
+    Raises:
+        FileNotFoundError: no manifest, or a shard it lists is missing.
+        IncompleteCacheError: the writer did not finish and ``allow_incomplete`` is false.
+        CorruptCacheError: a shard is truncated (on opening) or its bytes changed (on
+            the first read from it); the message names the file.
     """
-    manifest = read_manifest(directory)
+    directory = Path(directory)
+    manifest = read_manifest(directory, check_sizes=verify)
+    records = manifest["records"]
+    interruption = None
+    if not manifest.get("complete", False):
+        interruption, lost = _interruption(directory, records, len(manifest.get("shards", [])))
+        where = f"the cache at {directory} is incomplete: {interruption.state()}"
+        if not allow_incomplete:
+            raise IncompleteCacheError(
+                f"{where}. It holds only what was recorded before that: "
+                f"{interruption.summary()}. Open that part with endoscope_cache.load("
+                f"{str(directory)!r}, allow_incomplete=True), or add to it with "
+                f"Cache(directory=..., append=True)",
+                str(directory),
+            )
+        warnings.warn(
+            f"{where}; opened what is complete ({interruption.summary()})",
+            IncompleteCacheWarning,
+            stacklevel=2,
+        )
     cache = CacheDict(rename=manifest.get("rename"), alias=manifest.get("alias"))
     cache._off = off_flags(manifest.get("switched_off", []))
-    cache._location = str(Path(directory))
-    reader = ShardReader(directory, device)
-    for record in manifest["records"]:
+    cache._location = str(directory)
+    reader = ShardReader(directory, device, shard_checks(manifest) if verify else None)
+    for record in records:
         value = StoredValue(record["value"], reader)
         cache._put(record["path"], record["index"], record["kind"], record["iteration"], value)
+    if interruption is not None:
+        cache._interruption = interruption
+        for (path, index, iteration, kind), name in zip(lost, interruption.lost):
+            cache._put(path, index, kind, iteration, LostValue(name, interruption))
+        note = interruption.note()
+        for value in dict.values(cache):
+            if isinstance(value, EntryList):
+                value._note = note
     return cache
+
+
+def _interruption(
+    directory: Path, records: list[dict[str, Any]], shards: int
+) -> tuple[Interruption, list[Started]]:
+    """What an incomplete cache holds, and the journal's values missing from it."""
+    committed = {(r["path"], r["index"], r["kind"]) for r in records}
+    lost = list(
+        dict.fromkeys(
+            started
+            for started in read_journal(directory)
+            if (started[0], started[1], started[3]) not in committed
+        )
+    )
+    last = records[-1] if records else None
+    interruption = Interruption(
+        directory=str(directory),
+        running=writer_running(directory),
+        values=len(records),
+        modules=len({r["path"] for r in records}),
+        shards=shards,
+        last=None
+        if last is None
+        else provider(last["path"], last["kind"], last["iteration"], last["index"]),
+        lost=tuple(provider(path, kind, iteration, index) for path, index, iteration, kind in lost),
+    )
+    return interruption, lost
 
 
 def dump(cache: Any, directory: str | Path, *, shard_size: int | None = None) -> Path:
     """Write a cache to a new directory that :func:`load` can open in any process.
 
     Values are written one at a time, so a disk-backed cache can be copied without
-    loading it whole.
+    loading it whole. Values an interrupted writer lost (see ``CacheDict.lost``) are
+    left out: dumping an incomplete cache writes its complete part.
 
     Args:
         cache: a :class:`Cache` or a :class:`CacheDict` (a view writes its subtree).
@@ -116,12 +169,18 @@ def dump(cache: Any, directory: str | Path, *, shard_size: int | None = None) ->
     )
     try:
         for path, value in dict.items(entries):
-            for index, entry in enumerate(value if isinstance(value, list) else [value]):
+            index = 0  # renumbered: an entry whose values were all lost is left out
+            for entry in value if isinstance(value, list) else [value]:
                 if not isinstance(entry, Entry):
                     raise TypeError(f"{path!r} holds {type(entry).__name__}, not an Entry")
-                for kind in KINDS:
-                    if entry._has(kind):
-                        writer.write_value(path, index, entry.iteration, kind, entry._read(kind))
+                kinds = [
+                    kind
+                    for kind in KINDS
+                    if entry._has(kind) and not isinstance(entry._raw(kind), LostValue)
+                ]
+                for kind in kinds:
+                    writer.write_value(path, index, entry.iteration, kind, entry._read(kind))
+                index += bool(kinds)
     finally:
         writer.close()
     return Path(directory)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 from ._nested import describe
 
@@ -182,6 +182,25 @@ class EntryList(list[Entry]):
 
     ``output``, ``inputs`` and ``input`` return one value per call.
     """
+
+    # Appended to an out-of-range message: set on the lists of an incomplete cache.
+    _note = ""
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Entry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Entry]: ...
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return list.__getitem__(self, index)
+        except IndexError:
+            count = len(self)
+            raise IndexError(
+                f"call {index} is out of range: this module has {count} cached call"
+                f"{'' if count == 1 else 's'} (0-{count - 1}, or -{count} to -1).{self._note}"
+            ) from None
 
     @property
     def output(self) -> list[Any]:

@@ -6,16 +6,19 @@ Layout of a cache directory::
     shard-00000.safetensors    tensors, keyed by number
     shard-00001.safetensors
     ...
+    journal.jsonl              only while a writer runs, or after one was interrupted
 
 The writer copies each arriving tensor into one fixed-size buffer (so the cache holds
 no reference to it) and writes the buffer as a shard when the next tensor would not
 fit; a tensor larger than the buffer gets a shard of its own, streamed through the
 buffer. Memory therefore stays at about one shard, whatever the total.
 
-Crash safety: a shard is written under a temporary name and renamed into place, and
-only then is the manifest rewritten (also temporary name, then rename) to list it and
-the records whose tensors it completes. A crash at any point leaves a manifest that
-names only whole shards.
+Crash safety: a shard is written under a temporary name, forced to the device and
+renamed into place; only then is the manifest rewritten (temporary name, fsync,
+rename) to list it, with its size and CRC-32, and the records whose tensors it
+completes. A crash at any point leaves a manifest that names only whole shards, and
+``"complete": false`` until ``close()``. The journal (see ``_journal``) names the
+values started since the last manifest: after a crash, those are what was lost.
 
 The shards are written directly rather than through ``safetensors.torch.save_file``,
 which needs numpy and a second in-memory copy; they are read back with
@@ -27,9 +30,11 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 import sys
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,20 +45,31 @@ from safetensors import safe_open
 
 from ._codec import Node, decode, describe_node, dtype_from_name, encode
 from ._entry import Deferred
+from ._errors import CorruptCacheError
+from ._journal import Journal
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "FORMAT",
     "MANIFEST",
+    "PARTIAL",
     "VERSION",
     "ShardReader",
     "ShardWriter",
     "StoredValue",
+    "check_shard",
+    "read_manifest",
+    "shard_checks",
+    "shard_index",
     "shard_name",
+    "write_atomic",
+    "write_shard",
 ]
 
 DEFAULT_SHARD_SIZE = 32 * 2**20
 MANIFEST = "manifest.json"
+PARTIAL = ".partial"  # suffix of a file being written, renamed into place when whole
+_SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 FORMAT = "endoscope-cache"
 VERSION = 1
 # How many shards a reader keeps open (memory-mapped) at once.
@@ -88,34 +104,181 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def write_shard(path: Path, header: dict[str, Any], chunks: Iterable[Any]) -> None:
+def shard_index(name: str) -> int | None:
+    """The index in a shard file name, or None for any other name."""
+    match = _SHARD_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+class _Sink:
+    """A file being written, with the running size and CRC-32 of what went into it."""
+
+    __slots__ = ("crc", "handle", "size")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.size = 0
+        self.crc = 0
+
+    def write(self, data: Any) -> None:
+        self.handle.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += memoryview(data).nbytes
+
+
+def write_atomic(path: Path, pieces: Iterable[Any], fsync: bool = True) -> tuple[int, int]:
+    """Write a file so that a crash leaves either the old file or the whole new one.
+
+    The data goes to ``<path>.partial``, is flushed (and with ``fsync`` forced to the
+    device), and only then renamed over ``path``.
+
+    Args:
+        path: the final file name.
+        pieces: bytes-like objects written in order, or callables that write their
+            part through the :class:`_Sink` they are given.
+        fsync: force the data to the device before the rename.
+
+    Returns:
+        The file's size in bytes and its CRC-32.
+    """
+    partial = path.with_name(path.name + PARTIAL)
+    with open(partial, "wb") as handle:
+        sink = _Sink(handle)
+        for piece in pieces:
+            if callable(piece):
+                piece(sink)
+            else:
+                sink.write(piece)
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return sink.size, sink.crc
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_shard(
+    path: Path, header: dict[str, Any], chunks: Iterable[Any], fsync: bool = True
+) -> tuple[int, int]:
     """Write one safetensors file atomically: header, then the data chunks in order.
 
     Args:
         path: final file name; the data goes to ``<path>.partial`` first.
         header: the safetensors JSON header (tensor entries and ``__metadata__``).
         chunks: buffers (bytes-like) holding the data section, or callables that
-            write their part to the open file and return nothing.
+            write their part to the :class:`_Sink` they are given.
+        fsync: force the data to the device before the rename.
+
+    Returns:
+        The file's size in bytes and its CRC-32.
     """
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # pad so the data section starts 8-byte aligned
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        handle.write(struct.pack("<Q", len(text)))
-        handle.write(text)
-        for chunk in chunks:
-            if callable(chunk):
-                chunk(handle)
-            else:
-                handle.write(chunk)
-    os.replace(partial, path)
+    return write_atomic(path, [struct.pack("<Q", len(text)), text, *chunks], fsync)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Replace ``path``'s content with ``text`` atomically (temporary file, rename)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a whole file, read through a memory map (no copy in Python)."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return 0
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return zlib.crc32(data)
+
+
+def check_shard(path: Path, size: int | None, crc: int | None) -> None:
+    """Compare a shard with the size and CRC-32 its writer recorded.
+
+    Raises:
+        FileNotFoundError: the shard is missing.
+        CorruptCacheError: its size or checksum differs; the message names the file.
+    """
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: copy the cache directory whole, manifest and shards together"
+        ) from None
+    if size is not None and actual != size:
+        how = "truncated" if actual < size else "longer than written"
+        raise CorruptCacheError(
+            f"cache shard {path} is {how}: it holds {actual} bytes, its writer recorded "
+            f"{size}. Restore it from a copy or write the cache again; "
+            f"load(directory, verify=False) reads the values in the other shards",
+            str(path),
+        )
+    if crc is not None and file_crc32(path) != crc:
+        raise CorruptCacheError(
+            f"cache shard {path} is corrupted: its bytes do not match the CRC-32 its "
+            f"writer recorded. Restore it from a copy or write the cache again; "
+            f"load(directory, verify=False) reads the values in the other shards",
+            str(path),
+        )
+
+
+def shard_checks(manifest: dict[str, Any]) -> list[tuple[int | None, int | None]]:
+    """``(size, crc32)`` per listed shard; None where the manifest predates checks."""
+    count = len(manifest.get("shards", []))
+    sizes = manifest.get("shard_bytes") or []
+    crcs = manifest.get("shard_crc32") or []
+    return [
+        (
+            sizes[i] if i < len(sizes) else None,
+            crcs[i] if i < len(crcs) else None,
+        )
+        for i in range(count)
+    ]
+
+
+def read_manifest(directory: str | Path, *, check_sizes: bool = True) -> dict[str, Any]:
+    """Parse and check the manifest of a cache directory.
+
+    Every shard it lists must exist and, with ``check_sizes``, have the size its writer
+    recorded (one ``stat`` per shard; checksums are left to the first read).
+
+    Raises:
+        FileNotFoundError: no manifest, or a shard it names is missing.
+        CorruptCacheError: the manifest is not JSON, or a shard has the wrong size.
+        ValueError: the manifest is not an endoscope cache manifest this version reads.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a cache directory: it has no {MANIFEST}. Write one with "
+            f"Cache(directory=...) or endoscope_cache.dump(cache, directory)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CorruptCacheError(
+            f"{path} is corrupted ({error}); it is replaced atomically, so something "
+            f"other than endoscope-cache changed it. Restore it from a copy",
+            str(path),
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an endoscope cache manifest")
+    if manifest.get("version", 0) > VERSION:
+        raise ValueError(
+            f"{path} was written by a newer endoscope-cache (format version "
+            f"{manifest['version']}, this one reads {VERSION}): upgrade endoscope-cache"
+        )
+    for index, (size, _) in enumerate(shard_checks(manifest)):
+        check_shard(directory / shard_name(index), size if check_sizes else None, None)
+    return manifest
 
 
 class ShardReader:
@@ -124,11 +287,20 @@ class ShardReader:
     Args:
         directory: the cache directory.
         device: where read tensors are placed.
+        checks: ``(size, crc32)`` per shard, as the manifest records them; each shard
+            is compared with them the first time it is opened. None checks nothing.
     """
 
-    def __init__(self, directory: str | Path, device: torch.device | str | None = "cpu") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        device: torch.device | str | None = "cpu",
+        checks: list[tuple[int | None, int | None]] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.device = None if device is None else torch.device(device)
+        self.checks = checks
+        self._checked: set[int] = set()
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -142,7 +314,14 @@ class ShardReader:
                         f"cache shard {path} is missing: the cache directory is incomplete "
                         f"(copy the whole directory, manifest and shards together)"
                     )
-                handle = safe_open(str(path), framework="pt", device="cpu")
+                checks = self.checks
+                if checks is not None and shard not in self._checked and shard < len(checks):
+                    check_shard(path, *checks[shard])
+                    self._checked.add(shard)
+                try:
+                    handle = safe_open(str(path), framework="pt", device="cpu")
+                except Exception as error:  # safetensors raises its own error types
+                    raise _unreadable(path, error) from None
                 self._handles[shard] = handle
                 if len(self._handles) > _OPEN_SHARDS:
                     self._handles.popitem(last=False)
@@ -152,7 +331,11 @@ class ShardReader:
 
     def get_tensor(self, node: Node) -> torch.Tensor:
         """Read the tensor a tensor node names."""
-        tensor = self._handle(node["shard"]).get_tensor(node["key"])
+        handle = self._handle(node["shard"])
+        try:
+            tensor = handle.get_tensor(node["key"])
+        except Exception as error:  # a key missing from a damaged shard
+            raise _unreadable(self.directory / shard_name(node["shard"]), error) from None
         dtype = dtype_from_name(node["dtype"])
         if tensor.dtype != dtype:
             tensor = tensor.view(dtype)
@@ -162,10 +345,18 @@ class ShardReader:
         return tensor
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"directory": self.directory, "device": self.device}
+        return {"directory": self.directory, "device": self.device, "checks": self.checks}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["directory"], state["device"])  # type: ignore[misc]
+        self.__init__(state["directory"], state["device"], state.get("checks"))  # type: ignore[misc]
+
+
+def _unreadable(path: Path, error: BaseException) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"cache shard {path} is damaged: safetensors cannot read it ({error}). Restore it "
+        f"from a copy or write the cache again",
+        str(path),
+    )
 
 
 class StoredValue(Deferred):
@@ -185,16 +376,29 @@ class StoredValue(Deferred):
 
 
 class ShardWriter:
-    """Streams values into a new cache directory.
+    """Streams values into a new cache directory, or appends to an existing one.
 
     Args:
-        directory: where to write; created if missing, must not hold a cache already.
+        directory: where to write; created if missing. It must not hold a cache
+            already, unless ``append``.
         shard_size: bytes per shard, also the size of the one copy buffer.
         device: where tensors read back through this writer are placed.
         header: extra manifest fields (``rename``, ``alias``).
+        fsync: force each shard and manifest to the device before renaming it into
+            place, so that a power cut, not only a killed process, leaves a
+            consistent cache.
+        append: add to the cache already in ``directory`` (complete, or left
+            incomplete by an interrupted writer) after checking every shard it lists;
+            its values are in :attr:`resumed`. Without a cache there, start a new one.
 
     Raises:
-        FileExistsError: ``directory`` already holds a cache manifest.
+        FileExistsError: ``directory`` already holds a cache and ``append`` is false.
+        RuntimeError: another writer is writing to ``directory`` right now.
+        CorruptCacheError: with ``append``, a shard of the existing cache is damaged.
+        ValueError: with ``append``, the existing cache has other ``rename``/``alias``.
+
+    Attributes:
+        resumed: with ``append``, the manifest records the cache held already.
     """
 
     def __init__(
@@ -204,6 +408,8 @@ class ShardWriter:
         shard_size: int = DEFAULT_SHARD_SIZE,
         device: torch.device | str | None = "cpu",
         header: dict[str, Any] | None = None,
+        fsync: bool = True,
+        append: bool = False,
     ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be a positive number of bytes, got {shard_size}")
@@ -211,14 +417,14 @@ class ShardWriter:
             raise NotImplementedError("safetensors shards are little-endian; this host is not")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        if (self.directory / MANIFEST).exists():
-            raise FileExistsError(
-                f"{self.directory} already holds a cache: open it with "
-                f"endoscope_cache.load(), or write to a new or empty directory"
-            )
+        existing = (self.directory / MANIFEST).exists()
+        if existing and not append:
+            raise FileExistsError(_exists_message(self.directory))
         self.shard_size = shard_size
+        self.fsync = fsync
         self.reader = ShardReader(self.directory, device)
         self.bytes_written = 0
+        self.resumed: list[dict[str, Any]] = []
         self._header = dict(header or {})
         self._lock = threading.RLock()
         self._buffer: mmap.mmap | None = None
@@ -226,12 +432,52 @@ class ShardWriter:
         self._used = 0
         self._entries: dict[str, dict[str, Any]] = {}  # tensors in the buffer, by key
         self._shard = 0  # index of the shard being filled
+        self._sizes: list[int] = []  # per written shard: bytes and CRC-32
+        self._crcs: list[int] = []
         self._next_key = 0
         self._records: list[str] = []  # committed: all their tensors are in written shards
         self._pending: list[str] = []  # complete values whose shard is still in the buffer
         self._complete = False
         self._closed = False
-        self._write_manifest()
+        self._journal = Journal(self.directory)  # raises if another writer holds it
+        try:
+            if existing:
+                self._resume()
+            self._journal.truncate()
+            self._write_manifest()
+        except BaseException:
+            self._journal.close(remove=False)
+            raise
+
+    def _resume(self) -> None:
+        """Take over the cache in the directory: check it, drop what a crash left."""
+        manifest = read_manifest(self.directory)
+        for key in ("rename", "alias"):
+            theirs, ours = manifest.get(key) or {}, self._header.get(key) or {}
+            if theirs != ours:
+                raise ValueError(
+                    f"the cache at {self.directory} was written with {key}={theirs!r}, "
+                    f"not {ours!r}: append with the same {key}, or write to a new directory"
+                )
+        checks = shard_checks(manifest)
+        for index, (size, crc) in enumerate(checks):
+            path = self.directory / shard_name(index)
+            check_shard(path, size, crc)
+            if size is None:  # a manifest without sizes: make sure the shard parses
+                self.reader._handle(index)
+        self._shard = len(checks)
+        for index, (size, crc) in enumerate(checks):
+            path = self.directory / shard_name(index)
+            self._sizes.append(path.stat().st_size if size is None else size)
+            self._crcs.append(file_crc32(path) if crc is None else crc)
+        self.resumed = manifest.get("records", [])
+        self._records = [json.dumps(r, separators=(",", ":")) for r in self.resumed]
+        # What an interrupted writer left: half-written files and shards it wrote
+        # but never listed. The next shards reuse those names.
+        for path in self.directory.iterdir():
+            number = shard_index(path.name)
+            if path.name.endswith(PARTIAL) or (number is not None and number >= self._shard):
+                path.unlink(missing_ok=True)
 
     @property
     def closed(self) -> bool:
@@ -248,7 +494,9 @@ class ShardWriter:
         with self._lock:
             if self._closed:
                 raise ValueError(f"the disk cache at {self.directory} is closed")
+            self._journal.start(path, index, iteration, kind)
             node = encode(value, self._put_tensor)
+            self._journal.done()
             record = {"path": path, "index": index, "iteration": iteration, "kind": kind}
             record["value"] = node
             self._pending.append(json.dumps(record, separators=(",", ":")))
@@ -305,37 +553,41 @@ class ShardWriter:
         total = data.numel()
         step = self.shard_size
 
-        def stream(handle: Any) -> None:
+        def stream(sink: _Sink) -> None:
             for start in range(0, total, step):
                 size = min(step, total - start)
                 array[:size].copy_(data[start : start + size])
                 assert self._buffer is not None
-                handle.write(memoryview(self._buffer)[:size])
+                sink.write(memoryview(self._buffer)[:size])
 
         header: dict[str, Any] = {
             key: {"dtype": code, "shape": shape, "data_offsets": [0, total]},
             "__metadata__": {"format": FORMAT},
         }
-        write_shard(self.directory / shard_name(self._shard), header, [stream])
+        self._written(write_shard(self._next_path(), header, [stream], self.fsync))
         self.bytes_written += total
+
+    def _next_path(self) -> Path:
+        return self.directory / shard_name(self._shard)
+
+    def _written(self, check: tuple[int, int]) -> None:
+        self._sizes.append(check[0])
+        self._crcs.append(check[1])
         self._shard += 1
 
-    def _flush_buffer(self) -> None:
-        """Write the buffer as a shard, then record the values it completes."""
+    def _flush_buffer(self, commit: bool = True) -> None:
+        """Write the buffer as a shard, then (with ``commit``) record the values it completes."""
         if self._entries:
             assert self._buffer is not None
             header: dict[str, Any] = dict(self._entries)
             header["__metadata__"] = {"format": FORMAT}
-            write_shard(
-                self.directory / shard_name(self._shard),
-                header,
-                [memoryview(self._buffer)[: self._used]],
-            )
+            data = memoryview(self._buffer)[: self._used]
+            self._written(write_shard(self._next_path(), header, [data], self.fsync))
             self.bytes_written += self._used
-            self._shard += 1
             self._entries = {}
             self._used = 0
-            self._commit()
+            if commit:
+                self._commit()
 
     def _commit(self) -> None:
         # Every pending record is a whole value whose tensors are all in written
@@ -344,6 +596,7 @@ class ShardWriter:
             self._records.extend(self._pending)
             self._pending = []
             self._write_manifest()
+            self._journal.committed()
 
     def flush(self) -> None:
         """Write the buffered tensors as a shard and record every complete value."""
@@ -356,11 +609,12 @@ class ShardWriter:
         with self._lock:
             if self._closed:
                 return
-            self._flush_buffer()
+            self._flush_buffer(commit=False)
             self._records.extend(self._pending)
             self._pending = []
             self._complete = True
             self._write_manifest()
+            self._journal.close(remove=True)
             self._closed = True
             self._array = None
             if self._buffer is not None:
@@ -380,9 +634,35 @@ class ShardWriter:
             "version": VERSION,
             "complete": self._complete,
             "shards": [shard_name(i) for i in range(self._shard)],
+            "shard_bytes": self._sizes,
+            "shard_crc32": self._crcs,
             **self._header,
         }
-        # Records are kept pre-serialised: rewriting the manifest is a join, not a dump.
-        text = json.dumps(head, indent=1)[:-2] + ',\n "records": [\n'
+        # One line per field and per record. Records are kept pre-serialised:
+        # rewriting the manifest is a join, not a dump.
+        fields = [
+            f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in head.items()
+        ]
+        text = "{\n" + ",\n".join(fields) + ',\n "records": [\n'
         text += ",\n".join(self._records) + "\n ]\n}\n"
-        write_text(self.directory / MANIFEST, text)
+        write_atomic(self.directory / MANIFEST, [text.encode()], self.fsync)
+        if self.fsync:
+            fsync_directory(self.directory)
+
+
+def _exists_message(directory: Path) -> str:
+    try:
+        complete = json.loads((directory / MANIFEST).read_text(encoding="utf-8")).get("complete")
+    except (OSError, ValueError, AttributeError):
+        complete = None
+    if complete is False:
+        return (
+            f"{directory} already holds an incomplete cache (its writer was interrupted "
+            f"or is still running): add to it with Cache(directory=..., append=True), open "
+            f"it with endoscope_cache.load(directory, allow_incomplete=True), or write to a "
+            f"new or empty directory"
+        )
+    return (
+        f"{directory} already holds a cache: open it with endoscope_cache.load(), add to it "
+        f"with Cache(directory=..., append=True), or write to a new or empty directory"
+    )

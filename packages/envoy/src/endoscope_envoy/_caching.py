@@ -64,6 +64,8 @@ def attach_cache(
     include_output: bool = True,
     include_inputs: bool = False,
     directory: Any = None,
+    append: bool = False,
+    fsync: bool = True,
 ) -> CacheDict:
     """Record the outputs (and optionally inputs) of ``modules`` during ``tracer``'s run.
 
@@ -76,6 +78,11 @@ def attach_cache(
         include_output: record outputs.
         include_inputs: record inputs (``(args, kwargs)``; ``.input`` is the first).
         directory: stream values to safetensors shards there instead of memory.
+        append: with ``directory``, add this trace's values to the cache already
+            there (complete, or left by an interrupted writer) after checking it;
+            each module's calls come after the ones it holds.
+        fsync: with ``directory``, force each shard and manifest to the device
+            before renaming it into place.
 
     Returns:
         The cache's :class:`CacheDict`, filled as the model runs:
@@ -91,6 +98,8 @@ def attach_cache(
         include_output=include_output,
         include_inputs=include_inputs,
         directory=directory,
+        fsync=fsync,
+        append=append,
     )
     interleaver = tracer.interleaver
     rows = _invoke_rows(interleaver)

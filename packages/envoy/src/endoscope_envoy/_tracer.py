@@ -228,7 +228,8 @@ class InterleavingTracer(Tracer):
 
         Options: ``device="cpu"``, ``dtype=None``, ``detach=True``,
         ``include_output=True``, ``include_inputs=False``, ``directory=None``
-        (stream to safetensors shards). See :func:`attach_cache`. Called inside an
+        (stream to safetensors shards), ``append=False`` (add to the cache already in
+        ``directory``), ``fsync=True``. See :func:`attach_cache`. Called inside an
         invoke that brings an input, it records that invoke's rows of the batch;
         a kind switched off (``include_inputs=False``, say) reads as ``None``.
         """
