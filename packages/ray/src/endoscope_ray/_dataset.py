@@ -69,6 +69,13 @@ def _only_field(row: Any, what: str) -> Any:
     return row
 
 
+def as_row(row: Any) -> Any:
+    """A dataset row as the step gets it: numpy arrays (ray.data's tensors) as tensors."""
+    if type(row).__module__ == "numpy" and hasattr(row, "__array__") and row.ndim > 0:
+        return torch.tensor(row)  # a copy: ray.data's arrays are read-only
+    return row
+
+
 def hash_rows(rows: list[Any], hasher: Any) -> None:
     """Feed each row's content to ``hasher`` (to recognise the same data on resume)."""
     for row in rows:
@@ -118,7 +125,7 @@ def chunks(rows: Iterator[Any], batch_size: int, chunk_batches: int) -> Iterator
     """Group the rows into chunks of ``chunk_batches`` batches of ``batch_size`` rows."""
     start = 0
     for number in itertools.count():
-        taken = list(itertools.islice(rows, batch_size * chunk_batches))
+        taken = [as_row(row) for row in itertools.islice(rows, batch_size * chunk_batches)]
         if not taken:
             return
         hasher = hashlib.sha256()
