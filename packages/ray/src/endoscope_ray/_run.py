@@ -6,6 +6,7 @@ import collections
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,7 @@ def map_traces(
     initial = sum(chunk["stop"] - chunk["start"] for chunk in done.values())
     bar = Progress(progress, total, initial)
     keys = _Keys(index.get("keys"), shapes)
+    began = time.monotonic()
     try:
         pool.start(replicas)
         # Every replica loads its model before the first batch: a failing factory
@@ -315,11 +317,14 @@ def map_traces(
         if not pool.alive:
             raise RuntimeError("every replica died while loading the model; see the Ray logs")
         bar.begin(len(pool.alive))
+        loaded = time.monotonic()
+        index["timing"] = {"load_seconds": round(loaded - began, 3), "run_seconds": None}
         _schedule(ray, pool, todo, done, index, path, memory, keys, step, factory,
                   on_error, max_attempts, shard_size, bar)  # fmt: skip
     finally:
         bar.close()
         pool.shutdown()
+    index["timing"]["run_seconds"] = round(time.monotonic() - loaded, 3)
     index["rows"] = max((c["stop"] for c in index["chunks"]), default=0)
     index["complete"] = True
     if path is not None:

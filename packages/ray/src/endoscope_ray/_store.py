@@ -151,6 +151,11 @@ class Store:
         """Tokens processed (counted from ``mask``/``lengths``; 0 without them)."""
         return int(self._index.get("tokens", 0))
 
+    @property
+    def timing(self) -> dict[str, float | None]:
+        """Seconds the last call of map_traces spent loading models and running batches."""
+        return dict(self._index.get("timing") or {})
+
     def __contains__(self, key: object) -> bool:
         return key in self.keys
 
