@@ -80,7 +80,9 @@ def main() -> None:
 
     import endoscope_ray
 
-    print(f"{args.rows} rows, batch {args.batch_size}, torch {torch.__version__}, ray {ray.__version__}")
+    print(
+        f"{args.rows} rows, batch {args.batch_size}, torch {torch.__version__}, ray {ray.__version__}"
+    )
     seconds, rows = plain_loop(texts, args.batch_size)
     print(f"{'plain loop (1 thread)':<28} {rows / seconds:8.1f} rows/s")
     began = time.perf_counter()

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import _models
-import endoscope_ray
 import pytest
 import torch
+
+import endoscope_ray
 from endoscope_ray import BatchError, FactoryError, RunMismatchError, StepOutputError
 
 
