@@ -75,8 +75,8 @@ def test_in_memory_dataset_kinds_and_tensor_rows(ray_cluster: Any) -> None:
     expected = _models.mlp_reference(torch.stack(data))
     table = datasets.Dataset.from_dict({"x": [row.tolist() for row in data], "id": list(range(10))})
     ray_data = ray_cluster.data.from_items([{"x": row} for row in data])
+    # Lists and generators are read by the same code (test_dataset.py).
     sources: list[tuple[Any, str | None]] = [
-        (iter(data), None),  # a generator: no length
         (ray_data, None),
         (table.with_format("torch"), "x"),
     ]
@@ -105,6 +105,28 @@ def test_killed_replica_batches_run_elsewhere(ray_cluster: Any, tmp_path: Path) 
     _same_rows(store["out"], list(expected["out"]), exact=False)
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert sorted((c["start"], c["stop"]) for c in index["chunks"]) == [(0, 8), (8, 16), (16, 24)]
+
+
+def test_every_replica_dead_stops_resumably_and_restarts_replace_them(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    data = _models.rows(16)
+    data[8][0] = _models.KILL_VALUE
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="every replica died; rows 8 onwards were not run"):
+        endoscope_ray.map_traces(
+            _models.load_mlp, _models.killing_step(str(tmp_path / "first")), data, out=out,
+            batch_size=4, chunk_rows=8, progress=False,
+        )  # fmt: skip
+    assert len(endoscope_ray.open_store(out)) == 8
+    # Same run (same step code), resumed; its only replica dies again and is replaced.
+    store = endoscope_ray.map_traces(
+        _models.load_mlp, _models.killing_step(str(tmp_path / "second")), data, out=out,
+        batch_size=4, chunk_rows=8, replica_restarts=1, progress=False,
+    )  # fmt: skip
+    assert (tmp_path / "second").exists() and store.complete
+    expected = _models.mlp_reference(torch.stack(data))
+    _same_rows(store["out"], list(expected["out"]), exact=False)
 
 
 def test_step_exception_stops_with_row_range_or_is_skipped(
