@@ -140,6 +140,7 @@ def test_step_exception_stops_with_row_range_or_is_skipped(
             batch_size=4, chunk_rows=8, progress=False,
         )  # fmt: skip
     assert (caught.value.start, caught.value.stop) == (8, 12)
+    assert 'raised at File "' in str(caught.value) and "in failing_step" in str(caught.value)
     assert isinstance(caught.value.__cause__, ValueError)
     partial = endoscope_ray.open_store(tmp_path / "a")
     assert not partial.complete and len(partial) == 8  # the first chunk was kept

@@ -478,7 +478,8 @@ def _schedule(
                 if on_error == "raise":
                     raise BatchError(
                         f"the step {describe_function(step)} raised on rows "
-                        f"{batch.start}-{batch.stop - 1}: {message}\nRows of whole chunks "
+                        f"{batch.start}-{batch.stop - 1}: {message}{_raised_at(error)}\nRows "
+                        f"of whole chunks "
                         f"before it are kept; fix the step and call map_traces again with "
                         f"the same out= to resume (or pass on_error='skip')",
                         batch.start,
@@ -493,6 +494,16 @@ def _schedule(
             if len(results) == len(chunk.batches):
                 del open_chunks[batch.chunk]
                 _finish_chunk(chunk, results, index, path, memory, keys, shard_size)
+
+
+def _raised_at(error: Any) -> str:
+    """Where in the user's code the step raised, from the replica's traceback."""
+    frames = [
+        line.strip()
+        for line in str(error).splitlines()  # Ray puts the replica's traceback in the message
+        if line.strip().startswith("File ") and "endoscope_ray" not in line
+    ]
+    return f"\n  raised at {frames[-1]}" if frames else ""
 
 
 def _finish_chunk(
