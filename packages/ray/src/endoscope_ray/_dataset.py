@@ -24,10 +24,9 @@ def dataset_rows(dataset: Any, column: str | None) -> tuple[Iterator[Any], int |
     length: int | None
     if kind == "ray" and hasattr(dataset, "iter_rows"):
         rows: Iterable[Any] = dataset.iter_rows()
-        try:
-            length = int(dataset.count())
-        except Exception:  # a dataset that cannot count cheaply still runs
-            length = None
+        # count() would run the whole pipeline of a transformed dataset just to size the
+        # progress bar; the bar runs without a total instead.
+        length = None
         if column is None:
             rows = (_only_field(row, "ray.data.Dataset") for row in rows)
         else:
