@@ -468,7 +468,12 @@ def _schedule(
                         batch.start,
                         batch.stop,
                     ) from None
-                queue.appendleft(batch)
+                # Back in dataset order (the queue holds at most a chunk's batches), so
+                # chunks still complete in order.
+                queue.append(batch)
+                ordered = sorted(queue, key=lambda queued: queued.start)
+                queue.clear()
+                queue.extend(ordered)
                 continue
             except ray.exceptions.RayTaskError as error:
                 cause = getattr(error, "cause", None) or error
