@@ -188,6 +188,14 @@ def test_bad_input_is_reported_early_and_damages_nothing(ray_cluster: Any, tmp_p
         endoscope_ray.map_traces(_models.load_mlp, _models.mlp_step, data, out=tmp_path / "b",
                                  batch_size=4, progress=False)  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "b").rglob("*")} == before
+    # The same run over other data: refused at the first chunk it holds, files untouched.
+    other = _models.rows(8)
+    other[0][0] += 1
+    with pytest.raises(RunMismatchError, match=r"rows 0-3 of the dataset differ from the rows"):
+        endoscope_ray.map_traces(_models.load_mlp, grows, other, out=tmp_path / "b",
+                                 batch_size=4, chunk_rows=4, shapes={"h": (2,)},
+                                 progress=False)  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "b").rglob("*")} == before
 
     def broken_factory() -> Any:
         raise OSError("no weights at /nowhere")
@@ -254,3 +262,11 @@ def test_killed_driver_resumes_with_the_same_out(ray_cluster: Any, tmp_path: Pat
     assert store.complete and len(store) == 20
     _same_rows(store["hidden"], list(expected["hidden"]), exact=False)
     _same_rows(store["out"], list(expected["out"]), exact=False)
+    # Called again when complete: the stored run, nothing recomputed.
+    index_before = (out / "index.json").stat().st_mtime_ns
+    again = endoscope_ray.map_traces(
+        _models.load_mlp, _models.gated_step(str(hold), str(progress)), data, out=out,
+        batch_size=4, chunk_rows=4, progress=False,
+    )  # fmt: skip
+    assert (out / "index.json").stat().st_mtime_ns == index_before
+    assert torch.equal(again["out"][19], store["out"][19])
