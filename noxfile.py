@@ -90,6 +90,7 @@ PACKAGES: tuple[Package, ...] = (
         extras=("greenlet",),
     ),
     Package("endoscope", torch=True, siblings=("envoy",), extras=("plot",)),
+    Package("ray", torch=True, siblings=("cache", "endoscope"), extras=("datasets", "data")),
 )
 STDLIB_PACKAGES = tuple(p for p in PACKAGES if not p.torch)
 TORCH_PACKAGES = tuple(p for p in PACKAGES if p.torch)
