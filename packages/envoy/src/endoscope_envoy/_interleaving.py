@@ -120,12 +120,13 @@ class EnvoyInterleaver(Interleaver):
                     call_end = order.get(f"{module}.output") if sep else None
                     gone = call_end is not None and call_end <= now
                 if gone:
-                    return self.out_of_order_error(requester, asked_at)
+                    return self.out_of_order_error(requester, asked_at, mediator)
         error = super().missed_error(requester, asked_at, mediator)
         hint = self.model._missed_hint(requester, self.tracer)
         if hint is not None:
             error.hint = hint
         self._explain_ended_loop(error, mediator)
+        self._explain_wait(error, requester, mediator)
         return error
 
     def out_of_order_error(
@@ -133,7 +134,18 @@ class EnvoyInterleaver(Interleaver):
     ) -> OutOfOrderError:
         error = super().out_of_order_error(requester, provider, mediator)
         self._explain_ended_loop(error, mediator)
+        self._explain_wait(error, requester, mediator)
         return error
+
+    @staticmethod
+    def _explain_wait(
+        error: MissedProviderError, requester: str, mediator: Mediator | None
+    ) -> None:
+        """A point that went by while the invoke waited for another's variable."""
+        wait_hint = getattr(mediator.info, "wait_hint", None) if mediator is not None else None
+        hint = wait_hint(requester) if wait_hint is not None else None
+        if hint is not None:
+            error.hint = hint
 
     def _explain_ended_loop(self, error: MissedProviderError, mediator: Mediator | None) -> None:
         """A request after an unbounded loop that ended: say that the loop is why."""
