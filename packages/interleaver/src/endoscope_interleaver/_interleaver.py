@@ -734,8 +734,11 @@ class Interleaver:
             self._find_solo()
         mediator.remove_hooks()
         if self._gated and mediator.event is not None and mediator.event[0] is Events.END:
-            # A gate may wait for this intervention to end.
+            # A gate may wait for this intervention to end; or it was the last
+            # that could act.
             self._open_gates(self._provider)
+            if self._gated:
+                self._check_stuck()
 
     # ------------------------------------------------------------------ gates
 

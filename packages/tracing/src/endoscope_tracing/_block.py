@@ -251,6 +251,10 @@ def _reads_first(nodes: list[ast.stmt]) -> frozenset[str]:
         for inner in ast.walk(node):
             if isinstance(inner, ast.Name) and not isinstance(inner.ctx, ast.Load):
                 bound.add(inner.id)
+            elif isinstance(inner, (ast.MatchAs, ast.MatchStar)) and inner.name:
+                bound.add(inner.name)
+            elif isinstance(inner, ast.MatchMapping) and inner.rest:
+                bound.add(inner.rest)
 
     def run(statements: list[ast.stmt], bound: set[str]) -> None:
         for statement in statements:
@@ -289,14 +293,22 @@ def _reads_first(nodes: list[ast.stmt]) -> frozenset[str]:
         elif isinstance(statement, ast.Try) or type(statement).__name__ == "TryStar":
             run(statement.body, set(bound))  # type: ignore[attr-defined]
             for handler in statement.handlers:  # type: ignore[attr-defined]
-                run(handler.body, set(bound))
+                if handler.type is not None:
+                    reads(handler.type, bound)
+                inside = set(bound)
+                if handler.name:
+                    inside.add(handler.name)
+                run(handler.body, inside)
             run(statement.orelse, set(bound))  # type: ignore[attr-defined]
             run(statement.finalbody, set(bound))  # type: ignore[attr-defined]
         elif isinstance(statement, ast.Match):
             reads(statement.subject, bound)
             for case in statement.cases:
+                reads(case.pattern, bound)  # value patterns read names
                 inside = set(bound)
                 binds(case.pattern, inside)
+                if case.guard is not None:
+                    reads(case.guard, inside)
                 run(case.body, inside)
         else:
             # Reads come before the statement's own bindings (``x = x + 1``).
