@@ -336,6 +336,22 @@ def test_waiting_past_the_point_to_patch_fails_at_the_users_line(net, x, no_left
     line_of(caught.value, "model.layers[0].output = source  # layer 0 runs before layer 2")
 
 
+def test_a_point_gone_before_the_wait_began_is_not_blamed_on_it(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):  # learns the order of the points
+        pass
+    with pytest.raises(OutOfOrderError) as caught:
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[2].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output
+                model.layers[2].output = source
+                model.layers[0].output
+    assert "waited" not in str(caught.value)
+    line_of(caught.value, "model.layers[0].output")
+
+
 def test_a_name_only_a_later_invoke_assigns_is_explained(net, x) -> None:
     model = NNsight(net)
     with pytest.raises(NameError) as info:

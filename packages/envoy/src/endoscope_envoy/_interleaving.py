@@ -126,7 +126,6 @@ class EnvoyInterleaver(Interleaver):
         if hint is not None:
             error.hint = hint
         self._explain_ended_loop(error, mediator)
-        self._explain_wait(error, requester, mediator)
         return error
 
     def out_of_order_error(
@@ -137,15 +136,21 @@ class EnvoyInterleaver(Interleaver):
         self._explain_wait(error, requester, mediator)
         return error
 
-    @staticmethod
     def _explain_wait(
-        error: MissedProviderError, requester: str, mediator: Mediator | None
+        self, error: MissedProviderError, requester: str, mediator: Mediator | None
     ) -> None:
         """A point that went by while the invoke waited for another's variable."""
-        wait_hint = getattr(mediator.info, "wait_hint", None) if mediator is not None else None
-        hint = wait_hint(requester) if wait_hint is not None else None
-        if hint is not None:
-            error.hint = hint
+        waited = getattr(mediator.info, "_waited", None) if mediator is not None else None
+        if waited is None:
+            return
+        learned = self.model._point_order
+        if learned is not None and iteration_of(requester) in (None, 0):
+            # Unless the point came after the wait began, the wait is not why.
+            wanted = _position(learned.order, _base(requester))
+            began = _position(learned.order, _base(waited[2]))
+            if wanted is not None and began is not None and wanted < began:
+                return
+        error.hint = mediator.info.wait_hint(requester)  # type: ignore[union-attr]
 
     def _explain_ended_loop(self, error: MissedProviderError, mediator: Mediator | None) -> None:
         """A request after an unbounded loop that ended: say that the loop is why."""

@@ -605,9 +605,9 @@ def _never_assigned(waiter: Invoker, name: str, earlier: list[Invoker]) -> NameE
     expected = " or ".join(_describe(i, name) for i in reversed(earlier)) or "an earlier invoke"
     error = NameError(
         f"name {name!r} is not defined: this invoke (invoke {waiter.index}) waited for "
-        f"{expected} to assign it, but it ended without assigning it. Make sure it "
-        f"assigns {name!r} on every path (an `if` that did not run? an error caught?), "
-        "or define it before the trace."
+        f"{expected} to assign it, but {'it' if len(earlier) < 2 else 'each'} ended "
+        f"without assigning it. Make sure {name!r} is assigned on every path (an `if` "
+        "that did not run? an error caught?), or define it before the trace."
     )
     error.name = name
     return error
