@@ -179,3 +179,51 @@ def test_invokes_with_different_keywords_do_not_batch(lm, tokenizer):
                 pass
             with tracer.invoke("Big Ben"):
                 pass
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The demo model, wrapped, and the same weights loaded with plain transformers."""
+    import endoscope
+    from endoscope._demo import load_demo_transformers
+
+    return endoscope.demo_model(), *load_demo_transformers()
+
+
+def test_patching_before_the_donor_exists_on_the_demo_model(demo):
+    """The natural form: the target invoke writes the donor's value before reading
+    anything of its own, and waits until the donor invoke has made it."""
+    lm, plain, tokenizer = demo
+    clean, corrupt = "The Eiffel Tower is in the city of", "The Leaning Tower is in the city of"
+    with lm.trace() as tracer:
+        with tracer.invoke(clean):
+            subject = lm.transformer.h[0].input[:, 1]
+            late = lm.transformer.h[1].mlp.output[:, -1]
+        with tracer.invoke(corrupt):
+            lm.transformer.h[0].input[:, 1] = subject
+            lm.transformer.h[1].mlp.output[:, -1] = late * 2
+            patched = lm.lm_head.output.save()
+
+    def embed(module, args):
+        hidden = args[0].clone()
+        hidden[1, 1] = hidden[0, 1]
+        return (hidden, *args[1:])
+
+    def mlp(module, args, output):
+        output = output.clone()
+        output[1, -1] = output[0, -1] * 2
+        return output
+
+    ids = torch.tensor([tokenizer(p)["input_ids"] for p in (clean, corrupt)])
+    handles = [
+        plain.transformer.h[0].register_forward_pre_hook(embed),
+        plain.transformer.h[1].mlp.register_forward_hook(mlp),
+    ]
+    try:
+        with torch.no_grad():
+            want = plain(ids).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(patched, want[1:])
+    assert tokenizer.decode(patched[0, -1].argmax()) == tokenizer.decode(want[1, -1].argmax())

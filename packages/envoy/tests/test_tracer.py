@@ -5,6 +5,7 @@ from __future__ import annotations
 import linecache
 import sys
 import textwrap
+import traceback
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from endoscope_envoy import NNsight, UnsavedValueWarning, save
+from endoscope_interleaver import OutOfOrderError
 from endoscope_tracing import UnsavedName
 
 
@@ -160,17 +162,211 @@ def test_activation_patching_across_invokes_without_barrier(net, x, no_leftovers
     assert torch.allclose(patched, net.head(net.layers[2](clean)))
 
 
-def test_reading_an_earlier_invokes_variable_too_early_explains_why(net, x) -> None:
+def hooked_forward(net, x, hooks):
+    """``net(x)`` with plain torch forward hooks ``{module: hook}``, removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            return net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def copy_row(source: int, target: int):
+    """A forward hook that sets row ``target`` of the output to row ``source``."""
+
+    def hook(module, args, output):
+        output = output.clone()
+        output[target] = output[source]
+        return output
+
+    return hook
+
+
+@pytest.mark.parametrize(("read", "write"), [(1, 1), (0, 2), (2, 2)])
+def test_a_later_invoke_may_use_a_value_before_the_earlier_invoke_made_it(
+    net, x, no_leftovers, read, write
+) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            source = model.layers[read].fc.output
+            clean = model.output.save()
+        with tracer.invoke(x[1:2]):
+            model.layers[write].fc.output = source  # waits for the first invoke's source
+            patched = model.output.save()
+    captured = {}
+
+    def keep(module, args, output):
+        captured["source"] = output[:1].clone()
+
+    def patch(module, args, output):
+        output = output.clone()
+        output[1:2] = captured["source"]
+        return output
+
+    if read == write:
+        expected = hooked_forward(net, x[:2], {net.layers[write].fc: copy_row(0, 1)})
+    else:
+        hooks = {net.layers[read].fc: keep, net.layers[write].fc: patch}
+        expected = hooked_forward(net, x[:2], hooks)
+    assert torch.allclose(patched, expected[1:2])
+    assert torch.allclose(clean, net(x[:1]))
+
+
+def test_a_wait_in_the_middle_of_an_invoke_keeps_what_it_read_before(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]):
+            source = model.layers[1].output
+        with tracer.invoke(x[1:2]):
+            mine = model.layers[0].output.save()
+            model.layers[1].output = (mine + source) / 2  # waits at layer 0
+            patched = model.output.save()
+
+    def mix(module, args, output):
+        output = output.clone()
+        output[1] = (net.layers[0](net.embed(x[1])) + output[0]) / 2
+        return output
+
+    expected = hooked_forward(net, x[:2], {net.layers[1]: mix})
+    assert torch.allclose(mine, net.layers[0](net.embed(x[1:2])))
+    assert torch.allclose(patched, expected[1:2])
+
+
+def test_invokes_see_earlier_invokes_values_as_if_run_in_order(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    total = 0
+    with model.trace() as tracer:
+        for row in range(3):
+            with tracer.invoke(x[row : row + 1]):
+                total = (total + model.output.sum()).save()  # waits for the previous one
+        with tracer.invoke(x[:1]):
+            scaled = (model.layers[2].output * 0 + total).save()
+    expected = net(x).sum().detach()
+    assert torch.allclose(total, expected)
+    assert torch.allclose(scaled, expected.expand(1, 8))
+
+
+def test_a_value_left_from_an_earlier_trace_is_not_used_before_the_new_one(
+    net, x, no_leftovers
+) -> None:
+    model = NNsight(net)
+    patched = []
+    for scale in (1.0, -2.0):
+        inputs = x * scale
+        with model.trace() as tracer:
+            with tracer.invoke(inputs[:1]):
+                source = model.layers[0].output.save()  # saved: the caller keeps it
+            with tracer.invoke(inputs[1:2]):
+                model.layers[0].output = source  # this trace's, not the last one's
+                patched.append(model.output.save())
+        expected = hooked_forward(net, inputs[:2], {net.layers[0]: copy_row(0, 1)})
+        assert torch.allclose(patched[-1], expected[1:2])
+    assert not torch.allclose(patched[0], patched[1])
+
+
+def test_reads_that_cannot_need_waiting_stay_plain(net, x) -> None:
+    model = NNsight(net)
+    invokers = []
+    with model.trace() as tracer:
+        with tracer.invoke(x[:1]) as first:
+            source = model.layers[0].output
+            seen = model.layers[1].output
+        with tracer.invoke(x[1:2]) as second:
+            seen = model.layers[1].output  # binds it first: no wait
+            model.layers[2].output = seen + source
+        invokers += [first, second]
+    first, second = invokers
+    assert first._awaits == frozenset()
+    assert second._awaits == frozenset({"source"})
+
+
+def line_of(error: BaseException, code: str) -> int:
+    """The line of the innermost frame of ``error`` in the test's own file."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == __file__]
+    assert frames[-1].line.strip() == code
+    return frames[-1].lineno
+
+
+def test_an_earlier_invoke_that_never_assigns_the_name_fails_at_the_users_line(
+    net, x, no_leftovers
+) -> None:
+    model = NNsight(net)
+    with pytest.raises(NameError) as caught:
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                if model.layers[0].output.sum() > 1e9:
+                    source = model.layers[1].output
+                model.layers[2].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output = source
+    error = caught.value
+    assert error.name == "source"
+    message = str(error)
+    assert "invoke 0" in message and "ended without assigning it" in message
+    line_of(error, "model.layers[1].output = source")
+
+
+@pytest.mark.timeout(20)
+def test_a_wait_that_can_never_end_fails_at_the_users_line(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with pytest.raises(NameError) as caught:
+        with model.trace() as tracer:
+            barrier = tracer.barrier(2)
+            with tracer.invoke(x[:1]):
+                barrier()
+                source = model.layers[1].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output = source  # before its barrier: a deadlock
+                barrier()
+    message = str(caught.value)
+    assert "deadlock" in message and "barrier" in message
+    line_of(caught.value, "model.layers[1].output = source  # before its barrier: a deadlock")
+
+
+def test_waiting_past_the_point_to_patch_fails_at_the_users_line(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with pytest.raises(OutOfOrderError) as caught:
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[2].output
+            with tracer.invoke(x[1:2]):
+                model.layers[0].output = source  # layer 0 runs before layer 2
+    message = str(caught.value)
+    assert "waited for 'source', which invoke 0 assigns" in message
+    assert "earlier trace" in message
+    line_of(caught.value, "model.layers[0].output = source  # layer 0 runs before layer 2")
+
+
+def test_a_point_gone_before_the_wait_began_is_not_blamed_on_it(net, x, no_leftovers) -> None:
+    model = NNsight(net)
+    with model.trace(x):  # learns the order of the points
+        pass
+    with pytest.raises(OutOfOrderError) as caught:
+        with model.trace() as tracer:
+            with tracer.invoke(x[:1]):
+                source = model.layers[2].output
+            with tracer.invoke(x[1:2]):
+                model.layers[1].output
+                model.layers[2].output = source
+                model.layers[0].output
+    assert "waited" not in str(caught.value)
+    line_of(caught.value, "model.layers[0].output")
+
+
+def test_a_name_only_a_later_invoke_assigns_is_explained(net, x) -> None:
     model = NNsight(net)
     with pytest.raises(NameError) as info:
         with model.trace() as tracer:
             with tracer.invoke(x[:1]):
-                source = model.layers[1].output
+                model.layers[1].output = source_of_later  # noqa: F821
             with tracer.invoke(x[1:2]):
-                model.layers[1].output[:] = source  # evaluated before any request
+                source_of_later = model.layers[1].output  # noqa: F841
     notes = getattr(info.value, "__notes__", [])
     if sys.version_info >= (3, 11):
-        assert "earlier invoke" in notes[0] and "barrier" in notes[0]
+        assert "later invoke (invoke 1)" in notes[0]
 
 
 def test_barrier(net, x, no_leftovers) -> None:

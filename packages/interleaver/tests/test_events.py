@@ -7,7 +7,15 @@ from endoscope_interleaver._events import Signal
 
 
 def test_event_members() -> None:
-    assert [e.name for e in Events] == ["VALUE", "SWAP", "SKIP", "BARRIER", "END", "EXCEPTION"]
+    assert [e.name for e in Events] == [
+        "VALUE",
+        "SWAP",
+        "SKIP",
+        "BARRIER",
+        "WAIT",
+        "END",
+        "EXCEPTION",
+    ]
     assert Events("swap") is Events.SWAP
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from interleaver_testkit import Envoy, Handle, layers, model
 
 from endoscope_interleaver import (
     EarlyStopException,
+    Gate,
     Interleaver,
     Mediator,
     MissedProviderError,
@@ -331,3 +333,149 @@ def test_intervention_arguments(scheduler: Scheduler) -> None:
 
 def test_envoy_type_is_importable() -> None:
     assert Envoy.output.key == "output"
+
+
+# ------------------------------------------------------------------- gate
+
+
+class Flag:
+    """A Gate that opens when ``key`` is in ``shared``."""
+
+    def __init__(self, shared: dict[str, Any], key: str) -> None:
+        self.shared = shared
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"flag {self.key}"
+
+    def ready(self) -> bool:
+        return self.key in self.shared
+
+    def never(self, mediator: Mediator) -> BaseException:
+        return LookupError(f"{mediator.name} waited in vain for {self.key}")
+
+
+@pytest.mark.timeout(10)
+def test_a_gate_opens_where_another_mediator_made_it_ready(scheduler: Scheduler) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+    L = layers(interleaver)
+    shared: dict[str, Any] = {}
+
+    def source() -> None:
+        shared["v"] = L[1].output
+
+    def target() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        mediator.wait(Flag(shared, "v"))
+        # Let go at layer 1's output, which can still be replaced.
+        L[1].output = shared["v"] * 10
+
+    interleaver.initialize([Mediator(source), Mediator(target, name="target")])
+    with interleaver:
+        out = model(interleaver)
+        assert interleaver.mediators[1].gate is None
+    assert out == 2 * 10 + 1
+
+
+@pytest.mark.timeout(10)
+def test_a_waiting_mediator_says_what_it_waits_for(scheduler: Scheduler) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+    L = layers(interleaver)
+    shared: dict[str, Any] = {}
+    seen: list[Any] = []
+
+    def source() -> None:
+        L[2].output
+        shared["v"] = 1
+
+    def target() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        mediator.wait(Flag(shared, "v"))
+        seen.append(L[2].output)
+
+    interleaver.initialize([Mediator(source), Mediator(target, name="target")])
+    with interleaver:
+        gated = interleaver.mediators[1]
+        assert repr(gated) == "<Mediator target waiting for flag v>"
+        assert isinstance(gated.gate, Flag) and isinstance(gated.gate, Gate)
+        model(interleaver)
+    assert seen == [3]  # let go when the source ended, still at layer 2's output
+
+
+@pytest.mark.timeout(10)
+def test_a_gate_no_one_can_open_fails_at_once_at_the_waiting_line(scheduler: Scheduler) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+    L = layers(interleaver)
+    barrier = interleaver.barrier(2)
+    shared: dict[str, Any] = {}
+    log: list[str] = []
+
+    def source() -> None:
+        barrier()  # the target reaches it only after its wait: a deadlock
+        shared["v"] = L[1].output
+
+    def target() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        lines.append(next_line())
+        mediator.wait(Flag(shared, "v"))
+        barrier()
+
+    lines: list[int] = []
+    interleaver.initialize([Mediator(source), Mediator(target, name="target")])
+    with pytest.raises(LookupError, match="target waited in vain for v") as caught:
+        with interleaver:
+            model(interleaver, log=log)
+    assert log == []  # found before the computation ran, not at its end
+    frames = [f for f in traceback.extract_tb(caught.value.__traceback__) if f.name == "target"]
+    assert frames[-1].lineno == lines[0]
+
+
+@pytest.mark.timeout(10)
+def test_a_gate_still_closed_when_the_others_end_fails(scheduler: Scheduler) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+    L = layers(interleaver)
+    log: list[str] = []
+
+    def source() -> None:
+        L[0].output
+
+    def target() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        mediator.wait(Flag({}, "v"))
+
+    interleaver.initialize([Mediator(source), Mediator(target, name="target")])
+    with pytest.raises(LookupError, match="target waited in vain"):
+        with interleaver:
+            model(interleaver, log=log)
+    assert log == ["layer0"]  # the source's end left no one able to open it
+
+
+@pytest.mark.timeout(10)
+def test_a_gate_still_closed_at_the_end_of_the_run_fails(scheduler: Scheduler) -> None:
+    interleaver = Interleaver(scheduler=scheduler)
+    seen: list[str] = []
+
+    def source() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        try:
+            mediator.request("never.i0")  # waits until the run ends
+        except MissedProviderError:
+            seen.append("missed")
+
+    def target() -> None:
+        mediator = interleaver.current
+        assert mediator is not None
+        try:
+            mediator.wait(Flag({}, "v"))
+        except LookupError as error:
+            seen.append(str(error))
+
+    interleaver.initialize([Mediator(source), Mediator(target, name="target")])
+    with interleaver:
+        model(interleaver)
+    assert seen == ["missed", "target waited in vain for v"]

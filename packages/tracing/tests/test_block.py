@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import linecache
+import sys
 import textwrap
 
 import pytest
@@ -182,3 +183,83 @@ def test_may_share_with() -> None:
     assert writer.may_share_with(declares)
     assert writer.may_share_with(introspecting)
     assert introspecting.may_share_with(unrelated)
+
+
+@pytest.mark.parametrize(
+    ("body", "first"),
+    [
+        ("model.layer.output = h", {"model", "h"}),
+        ("h = model.out\nmodel.layer.output = h", {"model"}),
+        ("h = h + 1", {"h"}),
+        ("n += 1", {"n"}),
+        ("for i in items:\n    print(i)\nprint(i)", {"items", "print", "i"}),
+        ("if c:\n    a = 1\nelse:\n    a = 2\nprint(a)", {"c", "print"}),
+        ("if c:\n    a = 1\nprint(a)", {"c", "print", "a"}),
+        ("with open(f) as fh:\n    g = fh.read()\nprint(g)", {"open", "f", "print"}),
+        ("import os\nos.sep", set()),
+        ("def f():\n    return v\nf()", {"v"}),
+        ("while w:\n    k = 1\nk", {"w", "k"}),
+        ("try:\n    t = 1\nexcept E:\n    pass\nt", {"E", "t"}),
+        ("match m:\n    case [x] if x > y:\n        x", {"m", "y"}),
+    ],
+)
+def test_names_a_body_may_read_before_binding_them(body: str, first: set[str]) -> None:
+    assert block_of(body).reads_first == first
+
+
+class Guarding(Tracer):
+    """Runs its body at once, guarding reads of ``guard`` and logging them."""
+
+    guard: frozenset[str] = frozenset()
+    keep_unsaved = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, object]] = []
+
+    def guarded_reads(self) -> frozenset[str]:
+        return self.guard
+
+    def before_read(self, name: str) -> None:
+        frame = sys._getframe(1)
+        self.log.append((name, frame.f_locals.get(name, frame.f_globals.get(name))))
+
+
+def test_guarded_reads_call_before_read_first_and_other_reads_do_not() -> None:
+    source = """
+    tracer = Guarding()
+    with tracer:
+        a = h + 1
+        h = 10
+        b = h + a
+        b += 1
+        g = [h for _ in range(2)]
+        f = lambda: h
+    """
+    source = textwrap.dedent(source)
+    name = "<guarded reads>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace: dict = {"Guarding": Guarding, "h": 1}
+    Guarding.guard = frozenset({"h", "b"})
+    try:
+        exec(compile(source, name, "exec"), namespace)
+    finally:
+        Guarding.guard = frozenset()
+    log, b, late = namespace["tracer"].log, namespace["b"], namespace["f"]()
+    # Every read of a guarded name in the body's scope, in order, each before it
+    # happens (the comprehension's too); not the lambda's, which runs later.
+    assert [name for name, _ in log] == ["h", "h", "b", "h", "h"]
+    assert log[0] == ("h", 1) and log[1] == ("h", 10)
+    assert (b, late) == (13, 10)
+
+
+def test_bodies_are_compiled_once_per_set_of_guarded_names() -> None:
+    block = block_of("a = h")
+    plain = block.function((), {})
+    guarded = block.function((), {}, frozenset({"h"}))
+    assert plain.__code__ is block.function((), {}).__code__
+    assert guarded.__code__ is block.function((), {}, frozenset({"h"})).__code__
+    assert guarded.__code__ is not plain.__code__
+    assert "before_read" in guarded.__code__.co_names
+    assert "before_read" not in plain.__code__.co_names
+    assert block.assignment_line("a") == 3 and block.assignment_line("h") is None

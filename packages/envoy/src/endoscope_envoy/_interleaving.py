@@ -120,7 +120,7 @@ class EnvoyInterleaver(Interleaver):
                     call_end = order.get(f"{module}.output") if sep else None
                     gone = call_end is not None and call_end <= now
                 if gone:
-                    return self.out_of_order_error(requester, asked_at)
+                    return self.out_of_order_error(requester, asked_at, mediator)
         error = super().missed_error(requester, asked_at, mediator)
         hint = self.model._missed_hint(requester, self.tracer)
         if hint is not None:
@@ -133,7 +133,24 @@ class EnvoyInterleaver(Interleaver):
     ) -> OutOfOrderError:
         error = super().out_of_order_error(requester, provider, mediator)
         self._explain_ended_loop(error, mediator)
+        self._explain_wait(error, requester, mediator)
         return error
+
+    def _explain_wait(
+        self, error: MissedProviderError, requester: str, mediator: Mediator | None
+    ) -> None:
+        """A point that went by while the invoke waited for another's variable."""
+        waited = getattr(mediator.info, "_waited", None) if mediator is not None else None
+        if waited is None:
+            return
+        learned = self.model._point_order
+        if learned is not None and iteration_of(requester) in (None, 0):
+            # Unless the point came after the wait began, the wait is not why.
+            wanted = _position(learned.order, _base(requester))
+            began = _position(learned.order, _base(waited[2]))
+            if wanted is not None and began is not None and wanted < began:
+                return
+        error.hint = mediator.info.wait_hint(requester)  # type: ignore[union-attr]
 
     def _explain_ended_loop(self, error: MissedProviderError, mediator: Mediator | None) -> None:
         """A request after an unbounded loop that ended: say that the loop is why."""

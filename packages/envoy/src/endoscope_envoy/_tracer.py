@@ -10,11 +10,20 @@ Invokes of one trace share variables: each one's body runs with globals that are
 a per-trace copy of the caller's, into which every invoke publishes its variables
 whenever it hands control back to the model, so a later invoke reading a value
 after the earlier invoke produced it sees it (activation patching, no barrier).
+
+A later invoke may also read such a value *before* the earlier invoke made it:
+when an invoke is captured, the names its body may read before binding them
+itself that an earlier invoke of the trace may assign are compiled to call
+:meth:`Invoker.before_read` first (every other read stays a plain read). The
+first such read waits, while the model runs on, until the nearest earlier invoke
+that may assign the name has assigned it (or has ended), as if the invokes ran
+one after another in the order written.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -63,6 +72,14 @@ class Invoker(Tracer):
         self.mediator: Mediator | None = None
         self.index = 0  # position among the trace's invokes
         self._received: dict[str, Any] = {}  # what _switch_pull last wrote, per name
+        # Names this body may read before an earlier invoke assigned them (compiled
+        # to call before_read), and those of them it no longer needs to wait for.
+        self._awaits: frozenset[str] = frozenset()
+        self._ready: set[str] = set()
+        # What this invoke assigned, of names a later invoke awaits.
+        self._published: dict[str, Any] = {}
+        # The last wait: (name, invoke waited for, provider before, provider after).
+        self._waited: tuple[str, int, str | None, str | None] | None = None
 
     @property
     def has_input(self) -> bool:
@@ -80,8 +97,94 @@ class Invoker(Tracer):
         return shared
 
     def push(self, state: Any) -> None:
-        self.tracer._publish(state, self._pulled, self.index)
+        self.tracer._publish(state, self)
         super().push(state)
+
+    def guarded_reads(self) -> frozenset[str]:
+        return self._awaits
+
+    def before_read(self, name: str) -> None:
+        """Before a read of ``name``, which an earlier invoke may assign: wait until
+        the nearest such invoke has assigned it or has ended, and bind its value
+        here, unless this body bound ``name`` itself first.
+
+        Raises:
+            NameError: no earlier invoke assigned ``name`` and nothing else defines
+                it; or the wait can never end (a deadlock).
+        """
+        if name in self._ready:
+            return
+        self._await_name(name)
+
+    def _await_name(self, name: str) -> None:
+        frame = _body_frame(self)
+        earlier = [
+            invoker
+            for invoker in self.tracer.invokers[: self.index]
+            if invoker.info is not None and name in invoker.info.block.assigned
+        ]
+        while True:
+            if frame is not None and self._bound_here(frame, name):
+                break
+            value: Any = _ABSENT
+            pending: Invoker | None = None
+            for candidate in reversed(earlier):  # the nearest earlier invoke first
+                if name in candidate._published:
+                    value = candidate._published[name]
+                    break
+                if candidate.mediator is not None and candidate.mediator.alive:
+                    pending = candidate
+                    break
+            if pending is not None:
+                assert self.mediator is not None
+                interleaver = self.tracer.interleaver
+                before = interleaver.provider
+                self.mediator.wait(_NameGate(self, pending, name))
+                self._waited = (name, pending.index, before, interleaver.provider)
+                continue
+            if value is not _ABSENT:
+                self._bind(frame, name, value)
+            elif frame is None or not _defined(frame, name):
+                raise _never_assigned(self, name, earlier)
+            break
+        self._ready.add(name)
+
+    def _bound_here(self, frame: FrameType, name: str) -> bool:
+        """Whether this body bound ``name`` itself (not received it from outside)."""
+        code = frame.f_code
+        if name not in code.co_varnames and name not in code.co_cellvars:
+            return False  # read from the trace's shared globals
+        current = frame.f_locals.get(name, _ABSENT)
+        return (
+            current is not _ABSENT
+            and current is not self._pulled.get(name, _ABSENT)
+            and current is not self._received.get(name, _ABSENT)
+        )
+
+    def _bind(self, frame: FrameType | None, name: str, value: Any) -> None:
+        if frame is not None and (
+            name in frame.f_code.co_varnames or name in frame.f_code.co_cellvars
+        ):
+            self._received[name] = value
+            write_locals(frame, {name: value})
+            return
+        shared = self.tracer._globals
+        if shared is not None and shared.get(name, _ABSENT) is not value:
+            shared[name] = value
+
+    def wait_hint(self, requester: str) -> str | None:
+        """Why ``requester`` went by unseen, when this invoke waited for a variable."""
+        if self._waited is None:
+            return None
+        name, index, before, after = self._waited
+        span = f"from {before} to {after}" if before else f"until {after}"
+        return (
+            f"This invoke waited for {name!r}, which invoke {index} assigns, {span}; "
+            f"{requester} ran meanwhile. One forward pass cannot patch a point with a "
+            "value computed after it: compute the value in an earlier trace (saved) "
+            f"and patch in a second one, or read {name!r} where the model has not yet "
+            "passed the point."
+        )
 
     def transform(self, body: list[ast.stmt], tracer_name: str) -> list[ast.stmt]:
         return end_loops_gracefully(body, tracer_name)
@@ -98,16 +201,22 @@ class Invoker(Tracer):
             raise
 
     def _explain_early_read(self, error: NameError) -> None:
-        """A variable of an earlier invoke read before that invoke made it."""
+        """A variable only a later invoke assigns, read in an earlier one."""
         name = getattr(error, "name", None)
-        earlier = self.tracer.invokers[: self.tracer.invokers.index(self)]
         add_note = getattr(error, "add_note", None)  # Python 3.11+
-        if add_note and name and any(i.info and name in i.info.block.names for i in earlier):
+        if not (add_note and name) or name in self._awaits:
+            return
+        later = [
+            i
+            for i in self.tracer.invokers[self.index + 1 :]
+            if i.info is not None and name in i.info.block.assigned
+        ]
+        if later:
             add_note(
-                f"{name!r} belongs to an earlier invoke that had not assigned it yet: "
-                "invokes run side by side, each up to its next module value. Read it "
-                "after this invoke's own value of a later module (so the earlier invoke "
-                "has run past its assignment), or synchronise with tracer.barrier(2)."
+                f"{name!r} is assigned by a later invoke (invoke {later[0].index}): an "
+                "invoke sees what earlier invokes assign, as if they ran one after "
+                "another in the order written, never what later ones do. Assign it in "
+                "an earlier invoke, or read it in a later one."
             )
 
 
@@ -142,6 +251,7 @@ class InterleavingTracer(Tracer):
         self.invokers: list[Invoker] = []
         self._globals: dict[str, Any] | None = None
         self._publishers: dict[str, int] = {}  # shared name -> invoke that assigned it
+        self._awaited: set[str] = set()  # names some invoke may have to wait for
         self._source_globals: dict[str, Any] | None = None
         self._ran = False
         self._output: Any = None
@@ -242,8 +352,10 @@ class InterleavingTracer(Tracer):
     def _defer(self, invoker: Tracer) -> None:
         """Backend of invokes: compile now, run beside the forward pass later."""
         assert isinstance(invoker, Invoker)
-        fn = invoker.compile()
         invoker.index = len(self.invokers)
+        invoker._awaits = _awaits(invoker, self.invokers)
+        self._awaited.update(invoker._awaits)
+        fn = invoker.compile()
         self.invokers.append(invoker)
         invoker.mediator = Mediator(
             lambda: invoker.execute(fn),
@@ -337,8 +449,11 @@ class InterleavingTracer(Tracer):
             if invoker is not self:
                 invoker.mediator = None
                 invoker._entered = None
+                invoker._published = {}
+                invoker._received = {}
                 _forget_frame(invoker)
         self.invokers = []
+        self._awaited = set()
         self.mediator = None
         self._entered = None
         self._globals = self._source_globals = None
@@ -369,22 +484,28 @@ class InterleavingTracer(Tracer):
             self._globals = dict(caller_globals)
         return self._globals
 
-    def _publish(self, state: Any, pulled: dict[str, Any], index: int) -> None:
-        """Share what invoke ``index`` assigned: a variable it only received from
-        the enclosing code (a loop variable, say) is not news to the other invokes."""
+    def _publish(self, state: Any, invoker: Tracer) -> None:
+        """Share what ``invoker`` assigned: a variable it only received from the
+        enclosing code (a loop variable, say) is not news to the other invokes."""
         shared = self._globals
         if shared is not None:
+            assert isinstance(invoker, Invoker)
+            pulled = invoker._pulled
+            index = invoker.index
             publishers = self._publishers
+            awaited = self._awaited
             for name, value in state.items():
                 if not name.startswith(_PRIVATE) and pulled.get(name, _ABSENT) is not value:
                     shared[name] = value
                     publishers[name] = index
+                    if awaited and name in awaited:
+                        invoker._published[name] = value
 
     def _switch_push(self, invoker: Invoker) -> Callable[[Mediator], None]:
         def push(mediator: Mediator) -> None:
             frame = _body_frame(invoker)
             if frame is not None:
-                self._publish(frame.f_locals, invoker._pulled, invoker.index)
+                self._publish(frame.f_locals, invoker)
 
         return push
 
@@ -442,6 +563,103 @@ def _sharing(invokers: list[Invoker]) -> list[tuple[bool, bool]]:
         pull = any(earlier is None or earlier.may_share_with(block) for earlier in blocks[:index])
         shares.append((push, pull))
     return shares
+
+
+def _awaits(invoker: Invoker, earlier: list[Invoker]) -> frozenset[str]:
+    """The names ``invoker``'s body may read before binding them itself that an
+    earlier invoke may assign: its reads of them wait for that invoke."""
+    if invoker.info is None:
+        return frozenset()
+    assigned: set[str] = set()
+    for other in earlier:
+        if other.info is not None:
+            assigned |= other.info.block.assigned
+    if not assigned:
+        return frozenset()
+    return frozenset(
+        name for name in invoker.info.block.reads_first & assigned if not name.startswith(_PRIVATE)
+    )
+
+
+class _NameGate:
+    """What a later invoke waits for: an earlier invoke to assign ``name``, or end."""
+
+    __slots__ = ("candidate", "name", "waiter")
+
+    def __init__(self, waiter: Invoker, candidate: Invoker, name: str) -> None:
+        self.waiter = waiter
+        self.candidate = candidate
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{self.name!r} from invoke {self.candidate.index}"
+
+    def ready(self) -> bool:
+        candidate = self.candidate
+        mediator = candidate.mediator
+        return self.name in candidate._published or mediator is None or not mediator.alive
+
+    def never(self, mediator: Mediator) -> NameError:
+        name, candidate = self.name, self.candidate
+        other = candidate.mediator
+        index = candidate.index
+        if other is not None and other.at_barrier:
+            why = (
+                f"invoke {index} waits at a barrier this invoke can only reach after "
+                f"the read, so neither can go on (a deadlock). Call the barrier in this "
+                f"invoke before reading {name!r}, or assign {name!r} in invoke {index} "
+                "before its barrier call."
+            )
+        elif other is not None and other.gate is not None:
+            why = (
+                f"invoke {index} itself waits for {other.gate!r}, which cannot come "
+                "(a deadlock). Assign each shared variable before anything waits on "
+                "a later one, or move the read after this invoke's own values."
+            )
+        elif other is not None and other.waiting is not None:
+            why = (
+                f"the computation ended while invoke {index} still waited for "
+                f"{other.waiting}. Check that invoke {index} can reach its assignment."
+            )
+        else:
+            why = f"invoke {index} had not assigned it when the computation ended."
+        error = NameError(
+            f"name {name!r} is not defined yet: this invoke (invoke "
+            f"{self.waiter.index}) waits for {_describe(candidate, name)} to assign "
+            f"it, but {why}"
+        )
+        error.name = name
+        return error
+
+
+def _describe(invoker: Invoker, name: str) -> str:
+    info = invoker.info
+    if info is None:
+        return f"invoke {invoker.index}"
+    line = info.block.assignment_line(name)
+    where = f", assigned at line {line}" if line is not None else ""
+    return f"invoke {invoker.index} (line {info.block.node.lineno}{where})"
+
+
+def _never_assigned(waiter: Invoker, name: str, earlier: list[Invoker]) -> NameError:
+    """The error for a read of ``name`` that no earlier invoke assigned after all."""
+    expected = " or ".join(_describe(i, name) for i in reversed(earlier)) or "an earlier invoke"
+    error = NameError(
+        f"name {name!r} is not defined: this invoke (invoke {waiter.index}) waited for "
+        f"{expected} to assign it, but {'it' if len(earlier) < 2 else 'each'} ended "
+        f"without assigning it. Make sure {name!r} is assigned on every path (an `if` "
+        "that did not run? an error caught?), or define it before the trace."
+    )
+    error.name = name
+    return error
+
+
+def _defined(frame: FrameType, name: str) -> bool:
+    """Whether a read of ``name`` in ``frame`` finds a value (local, global, builtin)."""
+    code = frame.f_code
+    if name in code.co_varnames or name in code.co_cellvars:
+        return frame.f_locals.get(name, _ABSENT) is not _ABSENT
+    return name in frame.f_globals or hasattr(builtins, name)
 
 
 def _no_intervention(*_: Any) -> None:

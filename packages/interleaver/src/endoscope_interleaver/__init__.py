@@ -11,7 +11,7 @@ from ._errors import (
 )
 from ._events import Events
 from ._greenlet import GreenletScheduler, greenlet_available, idle_greenlets
-from ._interleaver import Barrier, Batcher, Interleaver
+from ._interleaver import Barrier, Batcher, Gate, Interleaver
 from ._mediator import HookHandle, Mediator
 from ._scheduler import Scheduler, ThreadScheduler, Worker, default_scheduler
 from ._version import __version__
@@ -22,6 +22,7 @@ __all__ = [
     "Cancelation",
     "EarlyStopException",
     "Events",
+    "Gate",
     "GreenletScheduler",
     "HookHandle",
     "IEnvoy",

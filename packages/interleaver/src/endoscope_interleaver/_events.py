@@ -19,6 +19,7 @@ class Events(Enum):
     SWAP       ``(requester, value)``         replaces the provided value, replies None
     SKIP       ``(requester, value)``         marks the provider skipped, replies None
     BARRIER    a :class:`Barrier`             replies None once every participant arrived
+    WAIT       a :class:`Gate`                replies None once the gate is ready
     END        ``None``                       the intervention returned; worker is done
     EXCEPTION  the exception                  re-raises it where the model is
     ========== ============================== ==========================================
@@ -28,6 +29,7 @@ class Events(Enum):
     SWAP = "swap"
     SKIP = "skip"
     BARRIER = "barrier"
+    WAIT = "wait"
     END = "end"
     EXCEPTION = "exception"
 

@@ -23,7 +23,7 @@ from ._events import Events, Signal
 from ._mediator import HookHandle, Mediator
 from ._scheduler import Scheduler, Worker, default_scheduler
 
-__all__ = ["Barrier", "Batcher", "Interleaver"]
+__all__ = ["Barrier", "Batcher", "Gate", "Interleaver"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,10 @@ def _split_iteration(requester: str) -> tuple[str, int] | None:
     return split
 
 
+def _by_index(mediator: Mediator) -> int:
+    return mediator.index
+
+
 class _Everything(dict[str, int]):
     """A wanted-set that contains every provider: sends all handle() calls to the
     slow path, which is how a stop requested before the first provider is honoured
@@ -78,6 +82,27 @@ class _Everything(dict[str, int]):
 
     def __contains__(self, key: object) -> bool:
         return True
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """Something an intervention waits for that other interventions bring about.
+
+    An intervention calls :meth:`Mediator.wait` with a gate; its mediator then
+    waits (the computation goes on, as when it waits for a provider) until
+    ``ready()`` says so. The interleaver asks again whenever another
+    intervention has run. When the gate can no longer open (the run ended, or
+    every live intervention is blocked on a gate or a barrier, so none can act),
+    the waiting intervention raises ``never(mediator)``'s error at its line.
+    """
+
+    def ready(self) -> bool:
+        """Whether the waiting intervention may go on (model side; keep it cheap)."""
+        ...
+
+    def never(self, mediator: Mediator) -> BaseException:
+        """The error for ``mediator``, whose wait can no longer end."""
+        ...
 
 
 class Barrier:
@@ -110,6 +135,8 @@ class Barrier:
         mediator._barrier = self
         self._arrived.append(mediator)
         if len(self._arrived) < self.participants:
+            if self.interleaver._gated:
+                self.interleaver._check_stuck()
             return
         released = sorted(self._arrived, key=lambda m: m.index)
         self._arrived = []
@@ -119,6 +146,8 @@ class Barrier:
             if participant.alive:
                 participant.respond(None)
                 participant._process(provider)
+        if self.interleaver._gated:
+            self.interleaver._open_gates(provider)
 
     def _leave(self, mediator: Mediator) -> None:
         if mediator in self._arrived:
@@ -171,6 +200,8 @@ class Interleaver:
         self._history: set[str] = set()
         self._wanted: dict[str, int] = {}
         self._live: list[Mediator] = []
+        # Mediators waiting on a Gate (not on a provider), in mediator order.
+        self._gated: list[Mediator] = []
         # The only live mediator, when there is one and it sees whole values:
         # handle() serves it without _serve's general loop.
         self._solo: Mediator | None = None
@@ -240,6 +271,8 @@ class Interleaver:
                 except EarlyStopException:
                     self._stop_before_start()
             self._find_solo()
+            if self._gated:
+                self._check_stuck()
         except BaseException:
             self._teardown()
             raise
@@ -284,6 +317,7 @@ class Interleaver:
             except Exception as error:
                 errors.append(error)
         self._live = []
+        self._gated = []
         self._solo = None
         self._wanted = {}
         if errors:
@@ -295,6 +329,7 @@ class Interleaver:
         self._history = set()
         self._wanted = {}
         self._live = []
+        self._gated = []
         self._solo = None
         self._provider = None
         self._value = None
@@ -341,6 +376,7 @@ class Interleaver:
         for mediator in pending:
             if mediator.alive:
                 self._unwait(mediator)
+                self._ungate(mediator)
                 if mediator._barrier is not None:
                     mediator._barrier._leave(mediator)
                     mediator._barrier = None
@@ -555,6 +591,10 @@ class Interleaver:
                         # traceback will hold this frame: no cycle.
                         reply = payload = None
                     mediator._process(provider)
+            if self._gated:
+                # What the served interventions did may let a waiting one go on,
+                # here, where it can still read and edit this provider.
+                self._open_gates(provider)
             value, skips = self._value, self._skips
         except EarlyStopException:
             self._stop()
@@ -688,10 +728,65 @@ class Interleaver:
 
     def _finish(self, mediator: Mediator) -> None:
         self._unwait(mediator)
+        self._ungate(mediator)
         if mediator in self._live:
             self._live.remove(mediator)
             self._find_solo()
         mediator.remove_hooks()
+        if self._gated and mediator.event is not None and mediator.event[0] is Events.END:
+            # A gate may wait for this intervention to end; or it was the last
+            # that could act.
+            self._open_gates(self._provider)
+            if self._gated:
+                self._check_stuck()
+
+    # ------------------------------------------------------------------ gates
+
+    def _gate(self, mediator: Mediator, gate: Gate) -> None:
+        """Make ``mediator`` wait on ``gate`` (model side)."""
+        mediator._gate = gate
+        gated = self._gated
+        gated.append(mediator)
+        gated.sort(key=_by_index)
+        self._check_stuck()
+
+    def _ungate(self, mediator: Mediator) -> None:
+        if mediator._gate is not None:
+            mediator._gate = None
+            if mediator in self._gated:
+                self._gated.remove(mediator)
+
+    def _open_gates(self, provider: str | None) -> None:
+        """Let every mediator whose gate is ready go on, in mediator order, at
+        ``provider`` (one that goes on may make another gate ready)."""
+        opened = True
+        while opened and self._gated:
+            opened = False
+            for mediator in tuple(self._gated):
+                gate = mediator._gate
+                if gate is not None and gate.ready():
+                    self._ungate(mediator)
+                    mediator.respond(None)
+                    mediator._process(provider)
+                    opened = True
+                    break
+
+    def _check_stuck(self) -> None:
+        """When every live mediator waits on a gate or at a barrier and at least one
+        on a gate, none can act until the run ends: a gate can never open. Each
+        gated mediator gets its gate's error now, rather than after the run."""
+        live = self._live
+        if not live or any(m._gate is None and m._barrier is None for m in live):
+            return
+        for mediator in tuple(self._gated):
+            gate = mediator._gate
+            if gate is None or not mediator.alive:
+                continue
+            self._ungate(mediator)
+            signal: Signal | None = Signal(gate.never(mediator))
+            mediator.respond(signal)
+            signal = None  # the error's traceback will hold the intervention's frames
+            mediator._process(self._provider)
 
     def miss(self, mediator: Mediator) -> None:
         """Answer ``mediator``'s pending request now as missed, and run it on.

@@ -28,7 +28,7 @@ from ._errors import (
 from ._events import Events, Signal
 
 if TYPE_CHECKING:
-    from ._interleaver import Barrier, Interleaver
+    from ._interleaver import Barrier, Gate, Interleaver
     from ._scheduler import Worker
 
 __all__ = ["HookHandle", "Mediator"]
@@ -44,6 +44,7 @@ _VALUE = Events.VALUE
 _SWAP = Events.SWAP
 _SKIP = Events.SKIP
 _BARRIER = Events.BARRIER
+_WAIT = Events.WAIT
 _END = Events.END
 _EXCEPTION = Events.EXCEPTION
 
@@ -121,6 +122,7 @@ class Mediator:
         self._worker: Worker | None = None
         self._transform: tuple[str, Callable[[], Any]] | None = None
         self._barrier: Barrier | None = None
+        self._gate: Gate | None = None  # what it waits for, when not a provider
         self._canceled = False
         # Whether a read must take send()'s way (see _refresh), in one flag.
         self._detour = push is not None or pull is not None
@@ -130,6 +132,8 @@ class Mediator:
             state = "idle"
         elif self.waiting is not None:
             state = f"waiting for {self.waiting}"
+        elif self._gate is not None:
+            state = f"waiting for {self._gate!r}"
         else:
             state = "running" if self.event is None else self.event[0].value
         return f"<Mediator {self.name} {state}>"
@@ -164,6 +168,16 @@ class Mediator:
             or self._push is not None
             or self._pull is not None
         )
+
+    @property
+    def gate(self) -> Gate | None:
+        """The :class:`Gate` this mediator waits on (see :meth:`wait`), or ``None``."""
+        return self._gate
+
+    @property
+    def at_barrier(self) -> bool:
+        """Whether this mediator waits at a barrier for its other participants."""
+        return self._barrier is not None
 
     @property
     def alive(self) -> bool:
@@ -310,6 +324,18 @@ class Mediator:
         """Wait until every participant of ``barrier`` has reached it (worker side)."""
         self.send(_BARRIER, barrier)
 
+    def wait(self, gate: Gate) -> None:
+        """Block until ``gate`` is ready: until other interventions have done what
+        this one needs (worker side). The computation goes on meanwhile.
+
+        Raises:
+            BaseException: ``gate.never(...)``'s error, when the gate can no longer
+                open (the run ended, or every live intervention is blocked).
+        """
+        if gate.ready():
+            return
+        self.send(_WAIT, gate)
+
     def stop(self) -> None:
         """End the computation early (worker side); the run finishes without error."""
         raise EarlyStopException(f"stopped by intervention {self.name!r}")
@@ -368,6 +394,7 @@ class Mediator:
             self.iteration_tracker = _Tracker()
             self._transform = None
             self._barrier = None
+            self._gate = None
             self._canceled = False
             self._refresh()
         context = contextvars.copy_context()
@@ -417,6 +444,7 @@ class Mediator:
                 self._detour = True
                 if self.interleaver is not None:
                     self.interleaver._unwait(self)
+                    self.interleaver._ungate(self)
                 if self._barrier is not None:
                     self._barrier._leave(self)
                     self._barrier = None
@@ -472,6 +500,15 @@ class Mediator:
                     self.respond(Signal(payload._missed()))
                     continue
                 payload._arrive(self, provider)
+                return
+            elif event is _WAIT:
+                if payload.ready():
+                    self.respond(None)
+                    continue
+                if interleaver._ended:
+                    self.respond(Signal(payload.never(self)))
+                    continue
+                interleaver._gate(self, payload)
                 return
             elif event is _END:
                 interleaver._finish(self)

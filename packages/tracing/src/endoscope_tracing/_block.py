@@ -236,6 +236,140 @@ def _assigned_in(nodes: list[ast.stmt]) -> tuple[dict[str, int], bool]:
     return assigned, introspects
 
 
+def _reads_first(nodes: list[ast.stmt]) -> frozenset[str]:
+    """Names the body may read before binding them itself, erring towards more.
+
+    Statements are followed in order with the set of names surely bound so far;
+    a branch, loop or ``try`` binds for what follows only what every way through
+    an ``if`` binds. Reads inside nested functions and classes count (they may
+    run at once).
+    """
+    found: set[str] = set()
+
+    def reads(node: ast.AST, bound: set[str]) -> None:
+        for inner in ast.walk(node):
+            if (
+                isinstance(inner, ast.Name)
+                and isinstance(inner.ctx, ast.Load)
+                and inner.id not in bound
+            ):
+                found.add(inner.id)
+
+    def binds(node: ast.AST, bound: set[str]) -> None:
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Name) and not isinstance(inner.ctx, ast.Load):
+                bound.add(inner.id)
+            elif isinstance(inner, (ast.MatchAs, ast.MatchStar)) and inner.name:
+                bound.add(inner.name)
+            elif isinstance(inner, ast.MatchMapping) and inner.rest:
+                bound.add(inner.rest)
+
+    def run(statements: list[ast.stmt], bound: set[str]) -> None:
+        for statement in statements:
+            step(statement, bound)
+
+    def step(statement: ast.stmt, bound: set[str]) -> None:
+        if isinstance(statement, ast.AugAssign):
+            reads(statement.value, bound)
+            if isinstance(statement.target, ast.Name):
+                if statement.target.id not in bound:
+                    found.add(statement.target.id)
+            else:
+                reads(statement.target, bound)
+        elif isinstance(statement, ast.If):
+            reads(statement.test, bound)
+            then, other = set(bound), set(bound)
+            run(statement.body, then)
+            run(statement.orelse, other)
+            bound |= then & other
+        elif isinstance(statement, (ast.For, ast.AsyncFor)):
+            reads(statement.iter, bound)
+            inside = set(bound)
+            binds(statement.target, inside)
+            run(statement.body, inside)
+            run(statement.orelse, set(bound))
+        elif isinstance(statement, ast.While):
+            reads(statement.test, bound)
+            run(statement.body, set(bound))
+            run(statement.orelse, set(bound))
+        elif isinstance(statement, (ast.With, ast.AsyncWith)):
+            for item in statement.items:
+                reads(item.context_expr, bound)
+                if item.optional_vars is not None:
+                    binds(item.optional_vars, bound)
+            run(statement.body, bound)
+        elif isinstance(statement, ast.Try) or type(statement).__name__ == "TryStar":
+            run(statement.body, set(bound))  # type: ignore[attr-defined]
+            for handler in statement.handlers:  # type: ignore[attr-defined]
+                if handler.type is not None:
+                    reads(handler.type, bound)
+                inside = set(bound)
+                if handler.name:
+                    inside.add(handler.name)
+                run(handler.body, inside)
+            run(statement.orelse, set(bound))  # type: ignore[attr-defined]
+            run(statement.finalbody, set(bound))  # type: ignore[attr-defined]
+        elif isinstance(statement, ast.Match):
+            reads(statement.subject, bound)
+            for case in statement.cases:
+                reads(case.pattern, bound)  # value patterns read names
+                inside = set(bound)
+                binds(case.pattern, inside)
+                if case.guard is not None:
+                    reads(case.guard, inside)
+                run(case.body, inside)
+        else:
+            # Reads come before the statement's own bindings (``x = x + 1``).
+            reads(statement, bound)
+            binds(statement, bound)
+            if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                bound.update((a.asname or a.name).split(".")[0] for a in statement.names)
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(statement.name)
+
+    run(nodes, set())
+    return frozenset(found)
+
+
+class _GuardReads(ast.NodeTransformer):
+    """Route each read of ``names`` in the body's own scope through
+    ``tracer.before_read(name)`` first: ``x`` becomes ``tracer.before_read("x") or x``."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def _hook(self, name: str, where: ast.AST) -> ast.expr:
+        call = ast.Call(
+            func=ast.Attribute(
+                value=ast.Name(id=TRACER_ARG, ctx=ast.Load()), attr="before_read", ctx=ast.Load()
+            ),
+            args=[ast.Constant(value=name)],
+            keywords=[],
+        )
+        for node in ast.walk(call):
+            ast.copy_location(node, where)
+        return call
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.names:
+            return ast.copy_location(
+                ast.BoolOp(op=ast.Or(), values=[self._hook(node.id, node), node]), node
+            )
+        return node
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> Any:
+        self.generic_visit(node)
+        target = node.target
+        if isinstance(target, ast.Name) and target.id in self.names:
+            return [ast.copy_location(ast.Expr(value=self._hook(target.id, target)), node), node]
+        return node
+
+    def _scope(self, node: ast.AST) -> ast.AST:
+        return node  # a nested scope reads its names when it runs, on its own
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _scope
+
+
 class _DropNonlocal(ast.NodeTransformer):
     """``nonlocal x`` in the body refers to the caller's variable, which is pulled."""
 
@@ -281,6 +415,9 @@ class CapturedBlock:
             time (``exec``, ``eval``, ``globals``, ``locals``, ``vars``,
             ``__import__``, a star import): then ``assigned`` and ``names`` do
             not bound what it shares with other code.
+        reads_first: names the body may read before binding them itself (the
+            ``as`` target is bound first), erring towards more: which reads
+            another body run beside it may have to provide.
     """
 
     filename: str
@@ -297,9 +434,12 @@ class CapturedBlock:
     assigned: frozenset[str]
     assigned_lines: dict[str, int]
     introspects: bool
+    reads_first: frozenset[str]
     _body: list[ast.stmt] = field(repr=False)
     _globals_declared: frozenset[str] = field(repr=False)
-    _compiled: dict[tuple[str, ...], CodeType] = field(default_factory=dict, repr=False)
+    _compiled: dict[tuple[tuple[str, ...], frozenset[str]], CodeType] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def from_source(
@@ -340,6 +480,9 @@ class CapturedBlock:
         scanned = [*body, *(ast.Expr(value=target) for target in as_targets)]
         names, declared_global, _ = _names_in(scanned)
         assigned_lines, introspects = _assigned_in(scanned)
+        reads_first = _reads_first(
+            [ast.Assign(targets=[t], value=ast.Constant(None)) for t in as_targets] + body
+        )
         # Only a plain name is bound outside the body; other targets (attributes,
         # tuples) are assigned by the body's first statement.
         as_names = [t.id for t in as_targets if isinstance(t, ast.Name)]
@@ -379,6 +522,7 @@ class CapturedBlock:
             assigned=frozenset(assigned_lines),
             assigned_lines=assigned_lines,
             introspects=introspects,
+            reads_first=reads_first - {TRACER_ARG, ENTERED_ARG},
             _body=body,
             _globals_declared=frozenset(declared_global),
         )
@@ -403,14 +547,38 @@ class CapturedBlock:
         candidates = self.names if self.static_locals is None else self.static_locals
         return tuple(name for name in candidates if name in namespace)
 
-    def function(self, pulled: tuple[str, ...], globals_: dict[str, Any]) -> FunctionType:
-        """The body as a function taking ``(tracer, entered, *pulled values)``."""
-        code = self._compiled.get(pulled)
+    def assignment_line(self, name: str) -> int | None:
+        """The first line of the body that binds ``name``, if any (for messages)."""
+        lines = [
+            node.lineno
+            for statement in self._body
+            for node in ast.walk(statement)
+            if isinstance(node, ast.Name) and node.id == name and not isinstance(node.ctx, ast.Load)
+        ]
+        return min(lines) if lines else None
+
+    def function(
+        self,
+        pulled: tuple[str, ...],
+        globals_: dict[str, Any],
+        guarded: frozenset[str] = frozenset(),
+    ) -> FunctionType:
+        """The body as a function taking ``(tracer, entered, *pulled values)``.
+
+        Args:
+            pulled: the caller's variables passed in (see :meth:`pulled_names`).
+            globals_: the globals the function runs with.
+            guarded: names whose every read in the body's own scope first calls
+                ``tracer.before_read(name)`` (see :meth:`Tracer.before_read`);
+                other reads cost nothing extra.
+        """
+        key = (pulled, guarded)
+        code = self._compiled.get(key)
         if code is None:
-            code = self._compiled[pulled] = self._compile(pulled)
+            code = self._compiled[key] = self._compile(pulled, guarded)
         return FunctionType(code, globals_)
 
-    def _compile(self, pulled: tuple[str, ...]) -> CodeType:
+    def _compile(self, pulled: tuple[str, ...], guarded: frozenset[str]) -> CodeType:
         lineno = self.node.lineno
         push = ast.Expr(
             value=ast.Call(
@@ -433,18 +601,17 @@ class CapturedBlock:
         )
         # try/finally: variables assigned before an error or an early stop still
         # reach the caller, as they would in an ordinary with block.
-        guarded = ast.Try(
-            body=copy.deepcopy(self._body) or [ast.Pass()],
-            handlers=[],
-            orelse=[],
-            finalbody=[push],
-        )
-        guarded.lineno, guarded.col_offset = lineno, 0
-        guarded.end_lineno, guarded.end_col_offset = self.node.end_lineno or lineno, 0
+        body = copy.deepcopy(self._body)
+        if guarded:
+            rewrite = _GuardReads(guarded)
+            body = [node for statement in body for node in _as_list(rewrite.visit(statement))]
+        protected = ast.Try(body=body or [ast.Pass()], handlers=[], orelse=[], finalbody=[push])
+        protected.lineno, protected.col_offset = lineno, 0
+        protected.end_lineno, protected.end_col_offset = self.node.end_lineno or lineno, 0
         function = ast.FunctionDef(
             name="__endoscope_block__",
             args=arguments,
-            body=[guarded],
+            body=[protected],
             decorator_list=[],
             returns=None,
             type_comment=None,
@@ -465,6 +632,10 @@ class CapturedBlock:
         if sys.version_info >= (3, 11):
             replace["co_qualname"] = self.qualname
         return inner.replace(**replace)
+
+
+def _as_list(node: Any) -> list[Any]:
+    return node if isinstance(node, list) else [node]
 
 
 def _store_context(target: ast.AST) -> None:

@@ -250,7 +250,23 @@ class Tracer:
         # A placeholder left by an earlier block stands for an unbound name.
         names = tuple(name for name in names if not isinstance(namespace[name], UnsavedName))
         self._pulled = {name: namespace[name] for name in names}
-        return info.block.function(names, self._function_globals())
+        return info.block.function(names, self._function_globals(), self.guarded_reads())
+
+    def guarded_reads(self) -> frozenset[str]:
+        """Extension point: names whose reads in the body call :meth:`before_read` first.
+
+        Asked once per :meth:`compile`; the default guards nothing, so reads cost
+        nothing extra. Bodies compiled with guarded names are cached per set of
+        names, like per set of pulled names.
+        """
+        return frozenset()
+
+    def before_read(self, name: str) -> None:
+        """Extension point: called in the body just before each read of a name of
+        :meth:`guarded_reads`, at the user's line (an error raised here points
+        there). May wait, or bind ``name`` in the body's frame, before the read.
+        The default does nothing."""
+        return None
 
     def _function_globals(self) -> dict[str, Any]:
         """The globals the compiled body runs with: the caller's, unless overridden."""
