@@ -27,7 +27,7 @@ from endoscope_envoy import (
 from ._config import CONFIG
 from ._decorators import requires_input, requires_inputs, requires_output
 from ._demo import demo_facts, demo_model, demo_model_path
-from ._language_model import LanguageModel
+from ._language_model import LanguageModel, TransformersModel
 from ._version import __version__
 from ._wrapper_module import WrapperModule
 
@@ -48,6 +48,7 @@ __all__ = [
     "ScanTracer",
     "Session",
     "TensorSpec",
+    "TransformersModel",
     "WithBlockNotFoundError",
     "WrapperModule",
     "__version__",
