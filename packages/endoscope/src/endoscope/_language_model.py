@@ -270,7 +270,9 @@ class TransformersModel(NNsight):
                 ``position_ids``, ``token_type_ids``, ``labels``,
                 ``inputs_embeds``); other keywords (``output_attentions``,
                 ``use_cache``, ...) are passed to the forward unbatched.
-                nnsight's ``remote=False`` and ``blocking`` are accepted.
+                nnsight's ``remote=False`` and ``blocking`` are accepted;
+                ``remote="local"`` serializes the block as a remote run would,
+                then runs it here (see :meth:`NNsight.trace`).
 
         Returns:
             The tracer, to use as ``with lm.trace(...) as tracer:`` (the output
@@ -279,10 +281,12 @@ class TransformersModel(NNsight):
         Raises:
             NotImplementedError: ``remote=True`` (models run in this process).
         """
-        self._local_only(kwargs, "trace")
+        backend = self._local_only(kwargs, "trace")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = InterleavingTracer(self, *inputs, **inputs_kwargs)
         tracer.run_kwargs = options
+        if backend is not None:
+            tracer.backend = backend
         return tracer if trace else tracer.run_untraced()
 
     def generate(self, *inputs: Any, trace: bool = True, **kwargs: Any) -> Any:
@@ -307,11 +311,13 @@ class TransformersModel(NNsight):
         Raises:
             NotImplementedError: ``remote=True`` (models run in this process).
         """
-        self._local_only(kwargs, "generate")
+        backend = self._local_only(kwargs, "generate")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = InterleavingTracer(self, *inputs, **inputs_kwargs)
         tracer.run_method = "_generate"
         tracer.run_kwargs = options
+        if backend is not None:
+            tracer.backend = backend
         if trace and opens_with(sys._getframe(1)):
             return tracer
         return tracer.run_untraced()
@@ -323,9 +329,11 @@ class TransformersModel(NNsight):
         loaded; keywords are split as in :meth:`trace`. See
         :meth:`endoscope_envoy.NNsight.scan`.
         """
-        self._local_only(kwargs, "scan")
+        backend = self._local_only(kwargs, "scan")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = super().scan(*inputs, **inputs_kwargs)
+        if backend is not None:
+            tracer.backend = backend
         tracer.run_kwargs = options
         return tracer
 
