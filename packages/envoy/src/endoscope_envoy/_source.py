@@ -28,7 +28,7 @@ from endoscope_source import (
     get_or_create_source_accessor,
 )
 
-from ._hooks import _Removable, ensure_forward_wrapper
+from ._hooks import _Removable, count_calls, ensure_forward_wrapper
 from ._suggestions import attribute_error
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class OperationEnvoy:
             (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
         )
         accessor = self._parent._accessor
-        interleaver.ensure_hook((id(accessor), "count"), functools.partial(_count, accessor))
+        interleaver.ensure_hook((id(accessor), "count"), functools.partial(count_calls, accessor))
 
     def _parent_chain(self) -> list[OperationEnvoy]:
         chain = []
@@ -238,11 +238,6 @@ class OperationEnvoy:
 def _remove(hooks: list[Any], hook: Any) -> None:
     if hook in hooks:
         hooks.remove(hook)
-
-
-def _count(accessor: SourceAccessor) -> _Removable:
-    """Count the calls of ``accessor``'s operations until the run ends."""
-    return _Removable(accessor.watch(count=True).close)
 
 
 def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
