@@ -354,3 +354,53 @@ def test_modules_without_a_built_source_keep_their_own_forward(net, x) -> None:
     with model.trace(x):
         model.layers[2].fc.output.save()
     assert callers[1][-1] is plain  # not wrapped in this run: its own forward
+
+
+# ------------------------------ .source of any callee expression (issue 17, 13)
+#
+# nnsight 0.8.1: `.source` of an operation whose callee is an expression (a
+# call's result, a subscript, ...) resolves, inside a trace, the callee that
+# actually runs; outside a trace it raises ("only available inside a trace").
+
+
+class Chooser(torch.nn.Module):
+    """Calls what a method call returns, then a tensor method (no Python source)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.table = {"scale": scale}
+
+    def pick(self, factor: int) -> Any:
+        return double if factor == 2 else triple
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        picked = self.pick(3)(self.fc(v))
+        return self.table["scale"](picked).softmax(-1)
+
+
+def test_source_of_an_expression_callee_is_the_callee_that_runs() -> None:
+    torch.manual_seed(0)
+    chooser = Chooser()
+    model = NNsight(chooser)
+    x = torch.randn(2, 4)
+    with pytest.raises(
+        SourceError, match=r"is an expression.*only known when it runs.*inside a trace"
+    ):
+        model.source.call_0.source
+    with model.trace(x):
+        tripled = model.source.call_0.source.torch_mul_0.output.save()
+        model.source.self_table_0.source.torch_abs_0.output = torch.zeros(2, 4)
+        out = model.output.save()
+    fc = chooser.fc(x)
+    assert torch.equal(tripled, fc * 3)
+    assert torch.equal(out, torch.softmax(fc * 3 * 2, -1))
+    # After a run the callee that ran is known outside a trace too.
+    assert "def triple" in str(model.source.call_0.source)
+
+
+def test_source_of_a_builtin_callee_says_it_has_none() -> None:
+    model = NNsight(Chooser())
+    with pytest.raises(SourceError, match="softmax"):
+        with model.trace(torch.randn(2, 4)):
+            model.source.softmax_0.source
