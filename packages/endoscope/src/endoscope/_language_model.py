@@ -354,6 +354,19 @@ class TransformersModel(NNsight):
                 )
         return None
 
+    def _out_of_order_hint(self, requester: str, tracer: Any) -> str | None:
+        streamer = f"{self.path}.{GENERATOR_NAME}.streamer."
+        if not requester.startswith(streamer) or GENERATOR_NAME in self._children:
+            return None
+        # As in nnsight 0.8.1: step n's streamer call is the one before step n's forward.
+        return (
+            "generate() streams the prompt before step 0's forward and the token chosen "
+            "at step n after step n's forward, so in step n lm.generator.streamer.output "
+            "is what was streamed before that step's forward (the prompt at step 0, then "
+            "step n-1's token): read it before the step's other modules, or read step "
+            "n's token in step n + 1."
+        )
+
     def _pad_token_id(self) -> int:
         """The id left padding uses (tokenizer's pad, then end-of-sequence, then 0)."""
         candidates = [getattr(self.tokenizer, "pad_token_id", None)]

@@ -241,6 +241,12 @@ class NNsight(Envoy):
         """
         return None
 
+    def _out_of_order_hint(self, requester: str, tracer: Any) -> str | None:
+        """What to add to the generic advice when ``requester`` was asked for after
+        the run went past it (``None``: nothing). An extension point: LanguageModel
+        says when its streamer streams."""
+        return None
+
     def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Normalise one invoke's inputs to ``(args, kwargs)`` for the model."""
         return args, kwargs
