@@ -111,3 +111,15 @@ def test_remote_runs_are_a_clear_error(net, x, remote) -> None:
         model.trace(x, remote=remote)
     with pytest.raises(NotImplementedError, match=r"session\(remote="):
         model.session(remote=remote)
+
+
+lock = threading.Lock()  # a module global the block below shadows
+
+
+def test_a_global_the_block_assigns_itself_does_not_travel(net, x) -> None:
+    model = NNsight(net)
+    with model.trace(x, remote="local"):
+        lock = model.embed.output  # the block's own value, not the global
+        kept = lock.save()
+        out = model.output.save()
+    assert torch.equal(out, net(x)) and torch.equal(kept, net.embed(x))

@@ -132,11 +132,18 @@ class LocalRemoteBackend:
 
 
 def _global_names(node: ast.With) -> Iterator[str]:
-    """Names the block reads (globals among them: the caller's locals are pulled)."""
+    """Names the block reads and never assigns (globals among them: the caller's
+    locals are pulled)."""
+    loaded: dict[str, None] = {}
+    stored: set[str] = set()
     for statement in node.body:
         for child in ast.walk(statement):
-            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load):
-                yield child.id
+            if isinstance(child, ast.Name):
+                if isinstance(child.ctx, ast.Load):
+                    loaded[child.id] = None
+                else:
+                    stored.add(child.id)
+    return (name for name in loaded if name not in stored)
 
 
 class _Pickler(pickle.Pickler):
