@@ -100,3 +100,14 @@ def test_defaults_without_environment_variables():
     scheduler, envoy_scheduler, debug, pymount, has_save = run_with_environment()
     assert scheduler == envoy_scheduler == "greenlet"  # greenlet is installed here
     assert (debug, pymount, has_save) == ("False", "True", "True")
+
+
+def test_nnsights_other_app_settings_are_accepted():
+    """nnsight 0.8.1's CONFIG.APP also has REMOTE_LOGGING and DISABLE_CPP_BACKTRACE
+    (both True by default); a script that reads or sets them keeps running."""
+    from endoscope._config import AppConfig
+
+    app = AppConfig()
+    assert app.REMOTE_LOGGING is True and app.DISABLE_CPP_BACKTRACE is True
+    app.REMOTE_LOGGING = False
+    assert app.REMOTE_LOGGING is False and AppConfig.REMOTE_LOGGING is True

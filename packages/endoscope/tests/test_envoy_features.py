@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from endoscope import LanguageModel
+from endoscope_source import SourceError
 
 PROMPT = "The Eiffel Tower is in"
 OTHER = "The capital of Italy is"
@@ -137,3 +139,63 @@ def test_attention_weights_inside_the_attention_function(gpt2, tokenizer):
     assert torch.equal(weights, returned[1])
     assert weights.shape[-2:] == scores.shape[-2:] == (weights.shape[-1],) * 2
     torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+def plain_c_attn(model, tokenizer, prompt: str = PROMPT) -> torch.Tensor:
+    """Block 0's ``attn.c_attn`` output on ``prompt``, by a plain hook."""
+    seen = []
+    handle = model.transformer.h[0].attn.c_attn.register_forward_hook(
+        lambda module, args, out: seen.append(out)
+    )
+    try:
+        plain_run(model, tokenizer, prompt)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_a_child_then_an_operation_of_the_parents_source(gpt2, tokenizer):
+    """nnsight 0.8.1 (issue 17, point 12): once ``attn.source`` exists (here
+    built outside any trace), ``attn.c_attn.output`` and then
+    ``attn.source.self_c_proj_0.input`` work in one step, run after run."""
+    lm = LanguageModel(gpt2, tokenizer=tokenizer)
+    str(lm.transformer.h[0].attn.source)
+    hidden = gpt2.config.n_embd
+    for _ in range(2):  # the second run lends the same wrappers again
+        with lm.trace(PROMPT):
+            qkv = lm.transformer.h[0].attn.c_attn.output.save()
+            query = lm.transformer.h[0].attn.source.split_1.output[0].save()
+            merged = lm.transformer.h[0].attn.source.self_c_proj_0.input.save()
+            attn = lm.transformer.h[0].attn.output[0].save()
+        expected = plain_c_attn(gpt2, tokenizer)
+        assert torch.equal(qkv, expected)
+        assert torch.equal(query, expected[..., :hidden])
+        assert torch.equal(gpt2.transformer.h[0].attn.c_proj(merged), attn)
+
+
+def test_source_of_an_expression_callee_inside_a_trace(gpt2, tokenizer):
+    """nnsight 0.8.1 (issue 17, point 13): ``self.c_attn(h).split(...)`` calls
+    ``torch.Tensor.split``; inside a trace ``split_1.source`` is the source of the
+    callee that runs, and its operations read and write like any other. Outside
+    a trace, before any run, it says why it cannot tell (nnsight: "only available
+    inside a trace"); after a run, the callee that ran."""
+    lm = LanguageModel(gpt2, tokenizer=tokenizer)
+    split = lm.transformer.h[0].attn.source.split_1
+    with pytest.raises(SourceError, match="only known when it runs.*inside a trace"):
+        split.source
+    hidden = gpt2.config.n_embd
+    with lm.trace(PROMPT):
+        pieces = split.source.torch__VF_split_0.output.save()
+        split.source.torch__VF_split_0.output = (pieces[0] * 0, pieces[1], pieces[2])
+        merged = lm.transformer.h[0].attn.source.self_c_proj_0.input.save()
+    expected = plain_c_attn(gpt2, tokenizer)
+    assert [tuple(p.shape) for p in pieces] == [tuple(expected[..., :hidden].shape)] * 3
+    assert torch.equal(pieces[2], expected[..., 2 * hidden :])
+    # A zero query gives every position uniform attention over the values it sees.
+    values = expected[..., 2 * hidden :]
+    steps = torch.arange(1, values.shape[1] + 1).view(1, -1, 1)
+    assert torch.allclose(merged, values.cumsum(1) / steps, atol=1e-6)
+    assert "def split(self, split_size" in str(split.source)
+    with lm.trace(PROMPT):  # and again, the callee now known
+        again = split.source.torch__VF_split_0.output.save()
+    assert torch.equal(again[0], expected[..., :hidden])

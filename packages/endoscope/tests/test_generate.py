@@ -275,3 +275,25 @@ def test_trace_false_and_remote(lm, gpt2, tokenizer):
     for method in (lm.trace, lm.generate, lm.scan):
         with pytest.raises(NotImplementedError, match="remote=True"):
             method(PROMPT, remote=True)
+
+
+def test_remote_local_trace_and_generate(lm, gpt2, tokenizer):
+    """nnsight 0.8.1 (issue 17, point 6): remote="local" on trace and generate
+    serializes the block, then runs it here; an unpicklable value from outside is
+    pickle's TypeError before anything runs."""
+    steps = 3
+    with lm.generate(PROMPT, max_new_tokens=steps, remote="local") as tracer:
+        tokens = tracer.result.save()
+    expected = plain_generate(gpt2, tokenizer, PROMPT, max_new_tokens=steps).sequences
+    assert torch.equal(tokens, expected)
+    with lm.trace(PROMPT, remote="local"):
+        logits = lm.lm_head.output.save()
+    with torch.no_grad():
+        assert torch.equal(logits, gpt2(**tokenizer(PROMPT, return_tensors="pt")).logits)
+    handle = open(__file__)  # noqa: SIM115
+    try:
+        with pytest.raises(TypeError, match="`handle`.*cannot be serialized"):
+            with lm.generate(PROMPT, max_new_tokens=2, remote="local"):
+                assert handle is not None
+    finally:
+        handle.close()

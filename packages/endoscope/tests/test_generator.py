@@ -27,6 +27,9 @@ def plain_sequences(gpt2, tokenizer, prompt=PROMPT, **options) -> torch.Tensor:
 
 
 def test_the_streamer_gives_the_prompt_then_each_steps_tokens(lm, gpt2, tokenizer):
+    """nnsight 0.8.1 (checked for issue 17, point 11): in step n of tracer.iter,
+    lm.generator.streamer.output is the streamer's call n, made before step n's
+    forward: the prompt's ids at step 0, then the token chosen at step n - 1."""
     with lm.generate(PROMPT, max_new_tokens=STEPS) as tracer:
         streamed = [].save()
         for _ in tracer.iter[0 : STEPS + 1]:
@@ -143,3 +146,17 @@ def test_the_generator_stays_the_same_after_the_weights_load(saved_model):
         tokens = tracer.result.save()
     assert lm.dispatched and lm.generator is generator
     assert torch.equal(first, tokens[:, : first.shape[1]])
+
+
+def test_a_streamer_read_after_a_module_of_its_step_says_when_it_streams(lm):
+    """nnsight 0.8.1 (checked for issue 17, point 11): reading another module of
+    step n first, then lm.generator.streamer.output, is an OutOfOrderError (its
+    call n came before step n's forward); the message says so."""
+    with pytest.raises(OutOfOrderError, match="streamer.output.i1") as caught:
+        with lm.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+            for _ in tracer.iter[1:3]:
+                lm.transformer.h[0].output.save()
+                lm.generator.streamer.output.save()
+    message = str(caught.value)
+    assert "in step n lm.generator.streamer.output is what was streamed before" in message
+    assert "read it before the step's other modules" in message

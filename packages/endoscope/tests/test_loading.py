@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GPT2LMHeadModel, GPT2Model
 
-from endoscope import Envoy, LanguageModel
+from endoscope import Envoy, LanguageModel, TransformersModel
 
 PROMPT = "The Eiffel Tower is in"
 
@@ -328,3 +328,72 @@ def test_source_operations_held_from_before_loading_read_the_loaded_model(saved_
             handle.remove()
     assert torch.equal(projected, seen["proj"])
     assert torch.equal(qkv_in, seen["qkv_in"])
+
+
+# nnsight 0.8.1 (issue 17, point 5): `nnsight.TransformersModel(repo_id, task=...,
+# tokenizer=, processor=, image_processor=, feature_extractor=, peft=, revision=,
+# dispatch=, ...from_pretrained options)` is the class for any transformers model;
+# `LanguageModel` is a TransformersModel pinned to task="text-generation".
+
+
+def test_transformers_model_is_language_models_base(saved_model):
+    lm = LanguageModel(saved_model)
+    assert isinstance(lm, TransformersModel) and lm.task == "text-generation"
+
+
+def test_transformers_model_text_generation_matches_plain_transformers(saved_model):
+    model = TransformersModel(saved_model, task="text-generation", dtype=torch.float64)
+    assert type(model._module) is GPT2LMHeadModel and devices(model._module) == {"meta"}
+    logits = traced_logits(model)
+    reference = plain(saved_model, dtype=torch.float64)
+    assert torch.equal(logits, plain_logits(reference, model.tokenizer))
+    with model.generate(PROMPT, max_new_tokens=3) as tracer:
+        ids = tracer.result.save()
+    inputs = model.tokenizer(PROMPT, return_tensors="pt")
+    expected = reference.generate(
+        **inputs, max_new_tokens=3, do_sample=False, pad_token_id=model.tokenizer.pad_token_id
+    )
+    assert torch.equal(ids, expected)
+
+
+def test_transformers_model_task_picks_the_class(saved_model):
+    model = TransformersModel(saved_model, task="feature-extraction", dispatch=True)
+    assert type(model._module) is GPT2Model and model.dispatched
+    with model.trace(PROMPT):
+        hidden = model.ln_f.output.save()
+    reference = AutoModel.from_pretrained(saved_model).eval()
+    with torch.no_grad():
+        expected = reference(**model.tokenizer(PROMPT, return_tensors="pt")).last_hidden_state
+    assert torch.equal(hidden, expected)
+
+
+def test_transformers_model_without_a_task_follows_the_architecture(saved_model):
+    model = TransformersModel(saved_model)  # config.architectures: GPT2LMHeadModel
+    assert type(model._module) is GPT2LMHeadModel and model.task is None
+    assert torch.equal(traced_logits(model), plain_logits(plain(saved_model), model.tokenizer))
+
+
+def test_transformers_model_keeps_given_processors(gpt2, tokenizer):
+    processor, images, features = object(), object(), object()
+    model = TransformersModel(
+        gpt2,
+        tokenizer=tokenizer,
+        processor=processor,
+        image_processor=images,
+        feature_extractor=features,
+    )
+    assert (model.processor, model.image_processor, model.feature_extractor) == (
+        processor,
+        images,
+        features,
+    )
+
+
+def test_transformers_model_an_unknown_task(saved_model):
+    with pytest.raises(ValueError, match="unknown task 'no-such-task'"):
+        TransformersModel(saved_model, task="no-such-task")
+
+
+def test_transformers_model_peft_says_how_to_wrap_an_adapter(saved_model):
+    with pytest.raises(NotImplementedError, match="PeftModel.from_pretrained"):
+        TransformersModel(saved_model, peft="someone/adapter")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +263,144 @@ def test_source_of_a_call_through_a_local_variable() -> None:
         out = model.output.save()
     assert torch.equal(product, picker.fc(x) * 3)
     assert torch.equal(out, picker(x))
+
+
+# -------------------------------- a built .source runs from the start (issue 17, 12)
+#
+# nnsight 0.8.1: once a module's `.source` exists, a trace may read a child
+# module's output and then an operation of the parent's `.source` in the same
+# step (GPT-2: `attn.c_attn.output`, then `attn.source.self_c_proj_0.input`); the
+# parent's forward runs its rewritten form from the start of the run. Modules
+# whose `.source` nobody built run their own forward.
+
+
+def forward_frames(module: torch.nn.Module, calls: list[Any]) -> None:
+    """Record, per call of ``module``, the code of the frame that called it."""
+
+    def hook(*_: Any) -> None:
+        frame = sys._getframe(1)
+        while frame.f_code.co_name != "forward" or frame.f_locals.get("self") is module:
+            frame = frame.f_back
+        calls.append(frame.f_code)
+
+    module.register_forward_hook(hook)
+
+
+def test_a_child_then_its_parents_operations(net, x) -> None:
+    model = NNsight(net)
+    str(model.layers[1].source)  # built outside any trace
+    with model.trace(x):
+        fc = model.layers[1].fc.output.save()
+        act = model.layers[1].source.self_act_0.output.save()
+        model.layers[1].source.self_act_0.output = act * 0  # and written
+        out = model.output.save()
+    h = net.layers[0](net.embed(x))
+    assert torch.equal(fc, net.layers[1].fc(h))
+    assert torch.equal(act, torch.relu(fc))
+    assert torch.equal(out, net.head(net.layers[2](h)))  # layer 1 adds zero
+
+
+def test_the_operation_around_the_child_read_after_it(net, x) -> None:
+    model = NNsight(net)
+    model.layers[1].source.self_fc_0  # built outside any trace
+    with model.trace(x):
+        fc = model.layers[1].fc.output.save()
+        around = model.layers[1].source.self_fc_0.output.save()
+    assert around is fc or torch.equal(around, fc)
+    assert torch.equal(fc, net.layers[1].fc(net.layers[0](net.embed(x))))
+
+
+def test_an_operation_that_ran_before_the_child_is_out_of_order(net, x) -> None:
+    model = NNsight(net)
+    model.layers[1].source.self_fc_0
+    with pytest.raises(OutOfOrderError, match="self_fc_0.output.i0"):
+        with model.trace(x):
+            model.layers[1].act.output.save()
+            model.layers[1].source.self_fc_0.output.save()
+
+
+def test_a_source_built_in_a_trace_runs_from_the_start_of_the_next(net, x) -> None:
+    """nnsight 0.8.1 alike: the run that builds ``.source`` after its module's
+    forward started misses the operation (nnsight: OutOfOrderError); the next works."""
+    model = NNsight(net)
+    with pytest.raises(MissedProviderError, match="self_act_0.output.i0"):
+        with model.trace(x):
+            model.layers[1].fc.output.save()
+            model.layers[1].source.self_act_0.output.save()
+    with model.trace(x):
+        fc = model.layers[1].fc.output.save()
+        act = model.layers[1].source.self_act_0.output.save()
+    assert torch.equal(act, torch.relu(fc))
+    assert torch.equal(fc, net.layers[1].fc(net.layers[0](net.embed(x))))
+
+
+def test_modules_without_a_built_source_keep_their_own_forward(net, x) -> None:
+    model = NNsight(net)
+    model.layers[1].source.self_fc_0
+    callers: dict[int, list[Any]] = {0: [], 1: [], 2: []}
+    for index, calls in callers.items():
+        forward_frames(net.layers[index].fc, calls)
+    with model.trace(x):
+        # Every block is wrapped (an ancestor of a read).
+        model.layers[0].fc.output.save()
+        model.layers[1].fc.output.save()
+        model.layers[1].source.self_act_0.output.save()
+        model.layers[2].fc.output.save()
+    plain = type(net.layers[0]).forward.__code__
+    assert callers[0] == [plain] and callers[2] == [plain]
+    injected = net.layers[1].__dict__["__source_accessor__"].injected
+    assert callers[1] == [injected.__code__]  # the rewritten forward
+    assert "__source_accessor__" not in net.layers[0].__dict__
+    with model.trace(x):
+        model.layers[2].fc.output.save()
+    assert callers[1][-1] is plain  # not wrapped in this run: its own forward
+
+
+# ------------------------------ .source of any callee expression (issue 17, 13)
+#
+# nnsight 0.8.1: `.source` of an operation whose callee is an expression (a
+# call's result, a subscript, ...) resolves, inside a trace, the callee that
+# actually runs; outside a trace it raises ("only available inside a trace").
+
+
+class Chooser(torch.nn.Module):
+    """Calls what a method call returns, then a tensor method (no Python source)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.table = {"scale": scale}
+
+    def pick(self, factor: int) -> Any:
+        return double if factor == 2 else triple
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        picked = self.pick(3)(self.fc(v))
+        return self.table["scale"](picked).softmax(-1)
+
+
+def test_source_of_an_expression_callee_is_the_callee_that_runs() -> None:
+    torch.manual_seed(0)
+    chooser = Chooser()
+    model = NNsight(chooser)
+    x = torch.randn(2, 4)
+    with pytest.raises(
+        SourceError, match=r"is an expression.*only known when it runs.*inside a trace"
+    ):
+        model.source.call_0.source
+    with model.trace(x):
+        tripled = model.source.call_0.source.torch_mul_0.output.save()
+        model.source.self_table_0.source.torch_abs_0.output = torch.zeros(2, 4)
+        out = model.output.save()
+    fc = chooser.fc(x)
+    assert torch.equal(tripled, fc * 3)
+    assert torch.equal(out, torch.softmax(fc * 3 * 2, -1))
+    # After a run the callee that ran is known outside a trace too.
+    assert "def triple" in str(model.source.call_0.source)
+
+
+def test_source_of_a_builtin_callee_says_it_has_none() -> None:
+    model = NNsight(Chooser())
+    with pytest.raises(SourceError, match="softmax"):
+        with model.trace(torch.randn(2, 4)):
+            model.source.softmax_0.source

@@ -16,6 +16,7 @@ from endoscope_envoy import (
     NNsight,
     NotInTraceError,
     OutOfOrderError,
+    RemoteSerializationError,
     ScanTracer,
     Session,
     TensorSpec,
@@ -28,7 +29,7 @@ from endoscope_envoy import (
 from ._config import CONFIG
 from ._decorators import requires_input, requires_inputs, requires_output
 from ._demo import demo_facts, demo_model, demo_model_path
-from ._language_model import LanguageModel
+from ._language_model import LanguageModel, TransformersModel
 from ._version import __version__
 from ._wrapper_module import WrapperModule
 
@@ -46,9 +47,11 @@ __all__ = [
     "NNsight",
     "NotInTraceError",
     "OutOfOrderError",
+    "RemoteSerializationError",
     "ScanTracer",
     "Session",
     "TensorSpec",
+    "TransformersModel",
     "UnsavedValueWarning",
     "WithBlockNotFoundError",
     "WrapperModule",

@@ -52,7 +52,15 @@ class AppConfig:
         PYMOUNT: whether tensors, tuples, lists and dicts have a ``.save()``
             method (on by default; ``endoscope.save(value)`` works either way).
             ``ENDOSCOPE_PYMOUNT=0``.
+        REMOTE_LOGGING: nnsight 0.8.1's setting for NDIF's logs; kept, and
+            meaning nothing here (models run in this process).
+        DISABLE_CPP_BACKTRACE: nnsight 0.8.1's setting for its C++ tracebacks;
+            kept, and meaning nothing here.
     """
+
+    # nnsight's remaining APP settings: a script that sets or reads them still runs.
+    REMOTE_LOGGING: bool = True
+    DISABLE_CPP_BACKTRACE: bool = True
 
     def __repr__(self) -> str:
         return (

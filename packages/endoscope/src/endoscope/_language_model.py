@@ -1,8 +1,10 @@
-"""LanguageModel: NNsight for transformers causal language models.
+"""TransformersModel and LanguageModel: NNsight for transformers models.
 
-On top of :class:`endoscope_envoy.NNsight` it adds loading (an empty meta model
+On top of :class:`endoscope_envoy.NNsight` they add loading (an empty meta model
 until weights are needed), a tokenizer, text and token inputs that several
-invokes share as one left-padded batch, and ``generate``.
+invokes share as one left-padded batch, and ``generate``. ``TransformersModel``
+takes any task (nnsight 0.8's class for any transformers model);
+``LanguageModel`` is its text-generation form.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ._generator import GENERATOR_NAME, Generator, GeneratorEnvoy, beams, stream
 from ._inputs import encode_input, pad_invokes, split_input_kwargs, with_positions
 from ._loading import (
     automodel_class,
+    automodel_for_task,
     load_config,
     load_pretrained,
     load_tokenizer,
@@ -38,7 +41,7 @@ from ._loading import (
 )
 from ._rebinding import rebind
 
-__all__ = ["LanguageModel"]
+__all__ = ["LanguageModel", "TransformersModel"]
 
 # envoys= not given: the class attribute applies (a given None means plain Envoy).
 _CLASS_ENVOYS: Any = object()
@@ -59,11 +62,15 @@ for _module in (
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-class LanguageModel(NNsight):
-    """A transformers language model, ready to trace and generate.
+class TransformersModel(NNsight):
+    """A transformers model of any task, ready to trace (and generate, if it can).
+
+    nnsight 0.8's ``TransformersModel``: the class is picked by ``task`` (or by
+    the checkpoint's architecture when no task is given), and loading is as for
+    :class:`LanguageModel`, its text-generation form.
 
     Example:
-        >>> lm = LanguageModel("path/or/hub-id")  # doctest: +SKIP
+        >>> lm = TransformersModel("path/or/hub-id", task="text-generation")  # doctest: +SKIP
         >>> with lm.trace("The Eiffel Tower is in"):  # doctest: +SKIP
         ...     hidden = lm.transformer.h[0].output[0].save()
         ...     logits = lm.lm_head.output.save()
@@ -76,8 +83,15 @@ class LanguageModel(NNsight):
             loaded from ``model`` when that is a path or id, or from the model's
             ``config.name_or_path`` when that is set. A tokenizer without a pad
             token gets its end-of-sequence token as one.
+        task: a transformers pipeline task (``"text-generation"``,
+            ``"fill-mask"``, ``"text-classification"``, ...) naming the auto
+            class that loads ``model``. Without it (and without ``automodel``),
+            the class follows the checkpoint's ``config.architectures``
+            (``*ForCausalLM`` loads as ``AutoModelForCausalLM``, ...), else
+            ``AutoModel``.
         automodel: the class that loads ``model`` (``from_config`` /
-            ``from_pretrained``), or its name in ``transformers``.
+            ``from_pretrained``), or its name in ``transformers``; wins over
+            ``task``.
         config: the model's config, if already at hand (else read from ``model``).
         dispatch: load the weights now. When ``False`` (the default) the model
             is built on the ``meta`` device, so its tree can be explored without
@@ -90,20 +104,28 @@ class LanguageModel(NNsight):
         envoys: which Envoy class wraps each module (see :class:`NNsight`).
         scheduler: how interventions run (see :class:`NNsight`).
         tokenizer_kwargs: extra ``AutoTokenizer.from_pretrained`` arguments.
+        processor: a processor object to keep as ``.processor`` (nnsight's
+            option; endoscope's inputs are text and token ids).
+        image_processor: kept as ``.image_processor``.
+        feature_extractor: kept as ``.feature_extractor``.
+        peft: not supported: load the adapter with ``peft`` yourself and wrap
+            the resulting model object.
         **from_pretrained_kwargs: everything else goes to ``from_pretrained``
             (``offload_folder``, ``revision``, ``attn_implementation``, ...).
 
     Attributes:
         tokenizer: the tokenizer, or ``None`` when there is none.
         repo_id: where the model is loaded from (``None`` for a wrapped object).
+        task: the task given, or ``None``.
     """
 
     def __init__(
         self,
         model: str | os.PathLike[str] | torch.nn.Module,
         *,
+        task: str | None = None,
         tokenizer: Any = None,
-        automodel: Any = AutoModelForCausalLM,
+        automodel: Any = None,
         config: Any = None,
         dispatch: bool = False,
         device_map: Any = None,
@@ -113,9 +135,26 @@ class LanguageModel(NNsight):
         envoys: type[Envoy] | Mapping[type | str, type[Envoy]] | None = _CLASS_ENVOYS,
         scheduler: Any = None,
         tokenizer_kwargs: Mapping[str, Any] | None = None,
+        processor: Any = None,
+        image_processor: Any = None,
+        feature_extractor: Any = None,
+        peft: str | None = None,
         **from_pretrained_kwargs: Any,
     ) -> None:
-        self._automodel = automodel_class(automodel)
+        if peft is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__}(peft={peft!r}): endoscope does not load PEFT "
+                "adapters; load the model with peft yourself (PeftModel.from_pretrained"
+                f"(base, {peft!r})) and wrap that object: {type(self).__name__}(model, "
+                "tokenizer=tokenizer)."
+            )
+        self._automodel = (
+            automodel_class(automodel) if automodel is not None else automodel_for_task(task, None)
+        )
+        self.task = task
+        self.processor = processor
+        self.image_processor = image_processor
+        self.feature_extractor = feature_extractor
         options = dict(from_pretrained_kwargs)
         if device_map is not None:
             options["device_map"] = device_map
@@ -136,6 +175,11 @@ class LanguageModel(NNsight):
         else:
             self.repo_id = os.fspath(model)
             self._dispatched = bool(dispatch)
+            if automodel is None and task is None:
+                # The class follows the checkpoint's architecture: its config says.
+                if config is None:
+                    config = load_config(self.repo_id, options)
+                self._automodel = automodel_for_task(None, config)
             if config is not None:
                 options["config"] = config  # the loaded model is built from it too
             if dispatch:
@@ -194,7 +238,7 @@ class LanguageModel(NNsight):
         """Whether the real weights are loaded (``False`` while on ``meta``)."""
         return self._dispatched
 
-    def dispatch(self) -> LanguageModel:
+    def dispatch(self) -> TransformersModel:
         """Load the real weights now (done on the first trace otherwise).
 
         The Envoys (and aliases) stay the same objects and now wrap the loaded
@@ -204,7 +248,7 @@ class LanguageModel(NNsight):
             This model.
         """
         # An edited copy (model.edit()) shares its original's Envoy tree and root.
-        root = cast(LanguageModel, self._root)
+        root = cast(TransformersModel, self._root)
         if not root._dispatched:
             assert root.repo_id is not None
             loaded = load_pretrained(root._automodel, root.repo_id, root._load_options)
@@ -231,7 +275,9 @@ class LanguageModel(NNsight):
                 ``position_ids``, ``token_type_ids``, ``labels``,
                 ``inputs_embeds``); other keywords (``output_attentions``,
                 ``use_cache``, ...) are passed to the forward unbatched.
-                nnsight's ``remote=False`` and ``blocking`` are accepted.
+                nnsight's ``remote=False`` and ``blocking`` are accepted;
+                ``remote="local"`` serializes the block as a remote run would,
+                then runs it here (see :meth:`NNsight.trace`).
 
         Returns:
             The tracer, to use as ``with lm.trace(...) as tracer:`` (the output
@@ -240,10 +286,12 @@ class LanguageModel(NNsight):
         Raises:
             NotImplementedError: ``remote=True`` (models run in this process).
         """
-        self._local_only(kwargs, "trace")
+        backend = self._local_only(kwargs, "trace")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = InterleavingTracer(self, *inputs, **inputs_kwargs)
         tracer.run_kwargs = options
+        if backend is not None:
+            tracer.backend = backend
         return tracer if trace else tracer.run_untraced()
 
     def generate(self, *inputs: Any, trace: bool = True, **kwargs: Any) -> Any:
@@ -268,11 +316,13 @@ class LanguageModel(NNsight):
         Raises:
             NotImplementedError: ``remote=True`` (models run in this process).
         """
-        self._local_only(kwargs, "generate")
+        backend = self._local_only(kwargs, "generate")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = InterleavingTracer(self, *inputs, **inputs_kwargs)
         tracer.run_method = "_generate"
         tracer.run_kwargs = options
+        if backend is not None:
+            tracer.backend = backend
         if trace and opens_with(sys._getframe(1)):
             return tracer
         return tracer.run_untraced()
@@ -284,9 +334,11 @@ class LanguageModel(NNsight):
         loaded; keywords are split as in :meth:`trace`. See
         :meth:`endoscope_envoy.NNsight.scan`.
         """
-        self._local_only(kwargs, "scan")
+        backend = self._local_only(kwargs, "scan")
         inputs_kwargs, options = split_input_kwargs(kwargs)
         tracer = super().scan(*inputs, **inputs_kwargs)
+        if backend is not None:
+            tracer.backend = backend
         tracer.run_kwargs = options
         return tracer
 
@@ -306,6 +358,19 @@ class LanguageModel(NNsight):
                     "streamer's values exist only with one beam; the ids are tracer.result."
                 )
         return None
+
+    def _out_of_order_hint(self, requester: str, tracer: Any) -> str | None:
+        streamer = f"{self.path}.{GENERATOR_NAME}.streamer."
+        if not requester.startswith(streamer) or GENERATOR_NAME in self._children:
+            return None
+        # As in nnsight 0.8.1: step n's streamer call is the one before step n's forward.
+        return (
+            "generate() streams the prompt before step 0's forward and the token chosen "
+            "at step n after step n's forward, so in step n lm.generator.streamer.output "
+            "is what was streamed before that step's forward (the prompt at step 0, then "
+            "step n-1's token): read it before the step's other modules, or read step "
+            "n's token in step n + 1."
+        )
 
     def _pad_token_id(self) -> int:
         """The id left padding uses (tokenizer's pad, then end-of-sequence, then 0)."""
@@ -397,3 +462,32 @@ class LanguageModel(NNsight):
             kwargs["streamer"] = streamer
         # Through the generator, whose .output may read or replace the ids.
         return generator(module.generate(*args, **kwargs))
+
+
+class LanguageModel(TransformersModel):
+    """A transformers language model, ready to trace and generate.
+
+    :class:`TransformersModel` with ``task="text-generation"``: loaded with
+    ``AutoModelForCausalLM`` unless ``automodel`` says otherwise. Every option
+    is :class:`TransformersModel`'s.
+
+    Example:
+        >>> lm = LanguageModel("path/or/hub-id")  # doctest: +SKIP
+        >>> with lm.trace("The Eiffel Tower is in"):  # doctest: +SKIP
+        ...     hidden = lm.transformer.h[0].output[0].save()
+        ...     logits = lm.lm_head.output.save()
+        >>> with lm.generate("Paris is", max_new_tokens=5) as tracer:  # doctest: +SKIP
+        ...     tokens = tracer.result.save()
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | torch.nn.Module,
+        *,
+        task: str | None = "text-generation",
+        automodel: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if automodel is None and task == "text-generation":
+            automodel = AutoModelForCausalLM
+        super().__init__(model, task=task, automodel=automodel, **kwargs)

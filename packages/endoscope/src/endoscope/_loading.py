@@ -22,6 +22,7 @@ from accelerate import init_empty_weights
 __all__ = [
     "CONFIG_OPTIONS",
     "automodel_class",
+    "automodel_for_task",
     "load_config",
     "load_pretrained",
     "load_tokenizer",
@@ -58,6 +59,51 @@ def automodel_class(automodel: Any) -> Any:
             raise ValueError(f"transformers has no class named {automodel!r}.")
         return found
     return automodel
+
+
+# The end of an architecture's class name -> the auto class that loads it.
+_ARCHITECTURE_SUFFIXES = (
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),
+    ("ForMaskedLM", "AutoModelForMaskedLM"),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("ForTokenClassification", "AutoModelForTokenClassification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ("ForConditionalGeneration", "AutoModelForSeq2SeqLM"),
+    ("ForImageClassification", "AutoModelForImageClassification"),
+)
+
+
+def automodel_for_task(task: str | None, config: Any) -> Any:
+    """The auto class a ``task`` loads with, or (no task) the one ``config`` names.
+
+    Args:
+        task: a transformers pipeline task (``"text-generation"``, ``"fill-mask"``,
+            an alias such as ``"sentiment-analysis"``), or ``None``.
+        config: the checkpoint's config, read when there is no task: its
+            ``architectures`` pick the class by their name's ending
+            (``GPT2LMHeadModel`` -> ``AutoModelForCausalLM``); ``AutoModel``
+            when nothing matches.
+
+    Raises:
+        ValueError: ``task`` is not a transformers pipeline task.
+    """
+    if task is not None:
+        from transformers.pipelines import check_task
+
+        try:
+            _, targeted, _ = check_task(task)
+        except KeyError as error:
+            raise ValueError(f"unknown task {task!r}: {error.args[0]}") from None
+        classes = targeted.get("pt") or ()
+        if not classes:
+            raise ValueError(f"the task {task!r} names no PyTorch model class in transformers.")
+        return classes[0]
+    for architecture in getattr(config, "architectures", None) or ():
+        for suffix, name in _ARCHITECTURE_SUFFIXES:
+            if architecture.endswith(suffix):
+                return getattr(transformers, name)
+    return transformers.AutoModel
 
 
 def _picked(options: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

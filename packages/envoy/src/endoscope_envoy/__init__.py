@@ -20,6 +20,7 @@ from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
 from ._hooks import requires_inputs, requires_output, serve_module
 from ._nnsight import NNsight
+from ._remote import RemoteSerializationError
 from ._saving import mount_save, save, unmount_save
 from ._scan import ScanTracer, TensorSpec
 from ._session import EditTracer, Session
@@ -45,6 +46,7 @@ __all__ = [
     "NNsight",
     "NotInTraceError",
     "OutOfOrderError",
+    "RemoteSerializationError",
     "ScanTracer",
     "Session",
     "TensorSpec",

@@ -48,6 +48,7 @@ __all__ = [
     "WarmWrappers",
     "add_forward_hook",
     "add_forward_pre_hook",
+    "count_calls",
     "ensure_forward_wrapper",
     "ensure_hook",
     "ensure_inputs",
@@ -56,6 +57,7 @@ __all__ = [
     "lent_wrappers",
     "requires_inputs",
     "requires_output",
+    "route_source",
     "run_forward",
     "serve_module",
     "skip_module",
@@ -343,6 +345,8 @@ def _install(interleaver: Interleaver, envoy: Envoy) -> _Forward:
             envoy.__dict__[ENVOY_WRAPPER_ATTR] = wrapper
     wrapper.run.interleaver = interleaver
     state["forward"] = wrapper.forward
+    if SOURCE_ACCESSOR_ATTR in state:
+        route_source(wrapper, interleaver)
     _note_lent(interleaver, wrapper)
     return wrapper
 
@@ -449,6 +453,8 @@ def _lend(wrapper: _Forward, interleaver: Interleaver) -> bool:
     wrapper.run.interleaver = interleaver
     wrapper.state["forward"] = wrapper.forward
     interleaver.hooks.append(wrapper)
+    if SOURCE_ACCESSOR_ATTR in wrapper.state:
+        route_source(wrapper, interleaver)
     _note_lent(interleaver, wrapper)
     return True
 
@@ -508,6 +514,7 @@ class WarmWrappers:
         if len(entries) != len(self.wrappers):
             return self._lend_checked(interleaver)
         lent = entries  # all of them, unless one is skipped (no new list then)
+        sourced = None
         for index, entry in enumerate(entries):
             _, run, state, forward = entry
             if run.interleaver is not None or "forward" in state:
@@ -517,10 +524,14 @@ class WarmWrappers:
                 continue
             run.interleaver = interleaver
             state["forward"] = forward
+            if SOURCE_ACCESSOR_ATTR in state:
+                sourced = [*(sourced or ()), entry[0]]
             if lent is not entries:
                 lent.append(entry)
         if lent:
             interleaver.hooks.append(_Lease(lent))
+        for wrapper in sourced or ():
+            route_source(wrapper, interleaver)  # after the lease: returned before the count
         return len(lent)
 
     def _lend_checked(self, interleaver: Interleaver) -> int:
@@ -536,6 +547,9 @@ class WarmWrappers:
             lent.append((wrapper, run, wrapper.state, wrapper.forward))
         if lent:
             interleaver.hooks.append(_Lease(lent))
+        for wrapper, _, state, _ in lent:
+            if SOURCE_ACCESSOR_ATTR in state:
+                route_source(wrapper, interleaver)
         return len(lent)
 
 
@@ -653,6 +667,31 @@ def requires_inputs(stub: Callable[..., Any]) -> Callable[..., None]:
 
     ensure._eproperty_takes_interleaver = True  # type: ignore[attr-defined]
     return ensure
+
+
+def route_source(wrapper: _Forward, interleaver: Interleaver) -> None:
+    """Run ``wrapper``'s module through its built ``.source`` accessor from the start
+    of ``interleaver``'s run, every operation counted.
+
+    A module whose ``.source`` was built may have an operation read at any point of
+    the run, also after a child's value was read (its forward has then started):
+    only a forward that was the rewritten one from its call's start reaches that
+    operation, and only counted calls tell a late hook which call is next. Modules
+    without a built accessor never come here and keep their own forward.
+    """
+    accessor = wrapper.state.get(SOURCE_ACCESSOR_ATTR)
+    if accessor is None:
+        return
+    interleaver.ensure_hook((id(accessor), "count"), functools.partial(count_calls, accessor))
+    if not wrapper.route:
+        wrapper.route = True
+        wrapper._update()
+
+
+def count_calls(accessor: Any) -> _Removable:
+    """Count the calls of ``accessor``'s operations (and keep it active) until the
+    run ends."""
+    return _Removable(accessor.watch(count=True).close)
 
 
 def ensure_forward_wrapper(envoy: Envoy, interleaver: Interleaver | None = None) -> None:

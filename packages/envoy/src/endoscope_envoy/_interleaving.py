@@ -132,6 +132,9 @@ class EnvoyInterleaver(Interleaver):
         self, requester: str, provider: str | None, mediator: Mediator | None = None
     ) -> OutOfOrderError:
         error = super().out_of_order_error(requester, provider, mediator)
+        hint = self.model._out_of_order_hint(requester, self.tracer)
+        if hint is not None:
+            error.hint = f"{hint}\n{error.hint}"
         self._explain_ended_loop(error, mediator)
         self._explain_wait(error, requester, mediator)
         return error

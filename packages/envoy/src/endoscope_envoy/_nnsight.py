@@ -18,6 +18,7 @@ from ._config import CONFIG
 from ._envoy import Envoy
 from ._hooks import WarmWrappers, lent_wrappers
 from ._interleaving import PointOrder, counting_forwards, recording_point_order
+from ._remote import LocalRemoteBackend, remote_backend
 from ._session import EditTracer, Session
 from ._tracebacks import drop_computation_frames
 from ._tracer import InterleavingTracer
@@ -199,27 +200,26 @@ class NNsight(Envoy):
             trace: ``False`` runs the model on ``inputs`` at once and returns its
                 output, with no block (the model's edits still apply).
             **kwargs: keyword inputs; nnsight's ``remote=False`` and ``blocking``
-                are accepted and mean nothing here.
+                are accepted and mean nothing here; ``remote="local"`` serializes
+                the block as a remote run would (a value that cannot travel is a
+                :class:`RemoteSerializationError`, a ``TypeError``), then runs it here.
 
         Raises:
             NotImplementedError: ``remote=True`` (models run in this process).
         """
-        if kwargs:
-            self._local_only(kwargs, "trace")
+        backend = self._local_only(kwargs, "trace") if kwargs else None
         tracer = InterleavingTracer(self, *inputs, **kwargs)
+        if backend is not None:
+            tracer.backend = backend
         return tracer if trace else tracer.run_untraced()
 
-    @staticmethod
-    def _local_only(kwargs: dict[str, Any], method: str) -> None:
-        """Take nnsight's remote-execution options out of ``kwargs``: accepted when
-        they ask for a local run, an error when they ask for a remote one."""
+    def _local_only(self, kwargs: dict[str, Any], method: str) -> LocalRemoteBackend | None:
+        """Take nnsight's remote-execution options out of ``kwargs``: the backend of
+        ``remote="local"``, ``None`` for a local run, an error for a remote one."""
         remote = kwargs.pop("remote", False)
-        kwargs.pop("blocking", None)
-        if remote:
-            raise NotImplementedError(
-                f"{method}(remote=True): endoscope runs models in this process; remote "
-                "execution (NDIF) is not available. Drop remote=True to run locally."
-            )
+        for option in ("blocking", "job_id", "verbose"):
+            kwargs.pop(option, None)
+        return remote_backend(self, remote, method)
 
     def scan(self, *inputs: Any, **kwargs: Any) -> InterleavingTracer:
         """A trace on fake tensors: shapes and dtypes without computing anything.
@@ -229,18 +229,35 @@ class NNsight(Envoy):
         ``tracer.shapes`` maps every module path to its inputs' and output's
         :class:`TensorSpec` structure after the block.
         """
-        self._local_only(kwargs, "scan")
+        backend = self._local_only(kwargs, "scan")
         from ._scan import ScanTracer
 
-        return ScanTracer(self, *inputs, **kwargs)
+        tracer = ScanTracer(self, *inputs, **kwargs)
+        if backend is not None:
+            tracer.backend = backend
+        return tracer
 
-    def session(self) -> Session:
+    def session(
+        self,
+        *,
+        remote: Any = False,
+        blocking: bool = True,
+        job_id: str | None = None,
+        verbose: bool = False,
+    ) -> Session:
         """Several traces in one block: ``with model.session(): ...``.
 
         Values of earlier traces are usable in later ones; saved values remain
         after the session.
+
+        Args:
+            remote: ``"local"`` serializes the whole block as a remote run would,
+                then runs it here (see :meth:`trace`); ``True`` is an error.
+            blocking: nnsight's option, accepted and meaning nothing here (as
+                are ``job_id`` and ``verbose``).
         """
-        return Session(self)
+        backend = self._local_only({"remote": remote}, "session")
+        return Session(self, backend=backend)
 
     def edit(self, *, inplace: bool = False) -> EditTracer:
         """Interventions for every later trace: ``with model.edit() as (_, edited):``.
@@ -280,6 +297,12 @@ class NNsight(Envoy):
 
         An extension point: LanguageModel names ``generate`` for its generator.
         """
+        return None
+
+    def _out_of_order_hint(self, requester: str, tracer: Any) -> str | None:
+        """What to add to the generic advice when ``requester`` was asked for after
+        the run went past it (``None``: nothing). An extension point: LanguageModel
+        says when its streamer streams."""
         return None
 
     def _prepare_inputs(self, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -37,8 +37,8 @@ class Session(Tracer):
         model: the model the session was opened on.
     """
 
-    def __init__(self, model: NNsight) -> None:
-        super().__init__()
+    def __init__(self, model: NNsight, *, backend: Any = None) -> None:
+        super().__init__(backend=backend)
         self.model = model
 
 

@@ -11,6 +11,9 @@ its own forward; after the run every module runs its own forward again.
 ``.source`` on an operation descends into the function it calls (resolved from
 the call site's expression: ``self.helper``, ``torch.nn.functional.gelu``,
 ``some_function``), so ``model.layer.source.attention_0.source.matmul_0`` works.
+A callee that is any other expression (``self.c_attn(h).split(...)`` calls
+``torch.Tensor.split``) is known only when the site calls: inside a trace,
+``.source`` waits for that call and descends into the callee that runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from endoscope_source import (
     get_or_create_source_accessor,
 )
 
-from ._hooks import _Removable, ensure_forward_wrapper
+from ._hooks import _Removable, count_calls, ensure_forward_wrapper
 from ._suggestions import attribute_error
 
 if TYPE_CHECKING:
@@ -174,7 +177,7 @@ class OperationEnvoy:
             (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
         )
         accessor = self._parent._accessor
-        interleaver.ensure_hook((id(accessor), "count"), functools.partial(_count, accessor))
+        interleaver.ensure_hook((id(accessor), "count"), functools.partial(count_calls, accessor))
 
     def _parent_chain(self) -> list[OperationEnvoy]:
         chain = []
@@ -192,6 +195,11 @@ class OperationEnvoy:
 
     # The eproperty calls its stub on every access, before the request blocks:
     # that is where the operation gets its hook for the run.
+    @eproperty(key="callee")
+    def _callee(self) -> Any:
+        """What the operation calls this time, once it is about to call it."""
+        self._hook("callee")
+
     @eproperty(key="output")
     def output(self) -> Any:
         """The operation's return value in the running trace."""
@@ -226,7 +234,13 @@ class OperationEnvoy:
         if current is not self:
             return current.source
         if self._source is None:
-            callee = _resolve_callee(self._owner._module, self._parent, self._op)
+            try:
+                callee = _resolve_callee(self._owner._module, self._parent, self._op)
+            except SourceError:
+                if self._owner._root._interleaver is None:
+                    raise
+                # Inside a trace: the callee that actually runs, when the site calls.
+                callee = self._callee
             try:
                 nested = self._op.source_for(callee)
             except SourceError as error:
@@ -240,11 +254,6 @@ def _remove(hooks: list[Any], hook: Any) -> None:
         hooks.remove(hook)
 
 
-def _count(accessor: SourceAccessor) -> _Removable:
-    """Count the calls of ``accessor``'s operations until the run ends."""
-    return _Removable(accessor.watch(count=True).close)
-
-
 def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
     op = envoy._op
     interleaver = envoy.interleaver
@@ -255,6 +264,8 @@ def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
     def hook(value: Any) -> Any:
         return handle(provider, value, True)
 
+    if kind == "callee":
+        return _install_callee_hook(envoy, provider)
     # The output after the call (post-hooks); the inputs, (args, kwargs), before it.
     hooks = op.post_hooks if kind == "output" else op.pre_hooks
     hooks.insert(0, hook)
@@ -266,6 +277,35 @@ def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
     return _Removable(lambda: _remove(hooks, hook))
 
 
+def _install_callee_hook(envoy: OperationEnvoy, provider: str) -> _Removable:
+    """Serve what the operation calls, before it calls it (``fn_hooks``).
+
+    A read of the served callee's ``.source`` operations, made while this hook
+    waits, descends into this very call: the descent's own hook, added now, is
+    not among the hooks this call runs, so this one hands back the rewritten
+    callee (later calls leave that to the descent's hook).
+    """
+    op = envoy._op
+    interleaver = envoy.interleaver
+    handle = interleaver.handle
+    descend = op.injected_for
+
+    def hook(fn: Any) -> Any:
+        descending = descend in op.fn_hooks
+        handle(provider, fn, True)
+        if not descending and descend in op.fn_hooks:
+            return op.injected_for(fn)
+        return None
+
+    op.fn_hooks.insert(0, hook)
+    accessor = op.accessor
+    counted = interleaver.provider is not None and accessor is not None and accessor.counting
+    if counted and op.calls and provider not in interleaver.calls:
+        # Hooked while the model runs: the calls that went by are not this one.
+        interleaver.calls[provider] = op.calls
+    return _Removable(lambda: _remove(op.fn_hooks, hook))
+
+
 def _resolve_callee(module: Any, source: SourceEnvoy, op: OperationAccessor) -> Any:
     """The object a call site calls, from its callee expression (``self.a.b``, ``f``, ``m.f``)."""
     text = op.site.callee if hasattr(op.site, "callee") else None
@@ -273,9 +313,13 @@ def _resolve_callee(module: Any, source: SourceEnvoy, op: OperationAccessor) -> 
         text = op.site.text.split("(", 1)[0].strip()
     parts = text.split(".")
     if not parts or not all(part.isidentifier() for part in parts):
+        if op.last_callee is not None:
+            return op.last_callee  # what it called the last time it ran in a trace
         raise SourceError(
-            f"{op.path}: cannot tell which function `{op.site.text}` calls before it runs; "
-            "only calls of plain names and attribute chains can be source-traced."
+            f"{op.path}: `{text}` is an expression, so what `{op.site.text}` calls is "
+            "only known when it runs. Use .source on it inside a trace (it descends "
+            "into the callee that runs), or after a trace that read any operation of "
+            "this forward."
         )
     function = source._accessor.function
     scope = {**getattr(function, "__globals__", {}), **_closure_vars(function)}

@@ -269,8 +269,22 @@ class OperationAccessor:
         else:
             self.last_callee = fn
         self.calls += 1
-        value = self._hooked_call(fn, *args, **kwargs) if self._hooked else fn(*args, **kwargs)
+        if self._hooked:
+            value = self._hooked_call(fn, *args, **kwargs)
+        else:
+            value = fn(*args, **kwargs)
+            if self.post_hooks:
+                # Hooked while the callee ran (a consumer served from inside it,
+                # e.g. by a module the callee calls): the value is still to come.
+                value = self._post(value)
         self.returns += 1
+        return value
+
+    def _post(self, value: Any) -> Any:
+        for hook in tuple(self.post_hooks):
+            new_value = hook(value)
+            if new_value is not None:
+                value = new_value
         return value
 
     def _hooked_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -295,10 +309,7 @@ class OperationAccessor:
             args, kwargs = inputs
         value = fn(*args, **kwargs)
         if self.post_hooks:
-            for hook in tuple(self.post_hooks):
-                new_value = hook(value)
-                if new_value is not None:
-                    value = new_value
+            value = self._post(value)
         return value
 
     # -- recursive source tracing ---------------------------------------------
