@@ -283,7 +283,7 @@ def test_reads_that_cannot_need_waiting_stay_plain(net, x) -> None:
     assert second._awaits == frozenset({"source"})
 
 
-def line_of(error: BaseException, code: str) -> int:
+def error_line(error: BaseException, code: str) -> int:
     """The line of the innermost frame of ``error`` in the test's own file."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == __file__]
     assert frames[-1].line.strip() == code
@@ -306,7 +306,7 @@ def test_an_earlier_invoke_that_never_assigns_the_name_fails_at_the_users_line(
     assert error.name == "source"
     message = str(error)
     assert "invoke 0" in message and "ended without assigning it" in message
-    line_of(error, "model.layers[1].output = source")
+    error_line(error, "model.layers[1].output = source")
 
 
 @pytest.mark.timeout(20)
@@ -323,7 +323,7 @@ def test_a_wait_that_can_never_end_fails_at_the_users_line(net, x, no_leftovers)
                 barrier()
     message = str(caught.value)
     assert "deadlock" in message and "barrier" in message
-    line_of(caught.value, "model.layers[1].output = source  # before its barrier: a deadlock")
+    error_line(caught.value, "model.layers[1].output = source  # before its barrier: a deadlock")
 
 
 def test_waiting_past_the_point_to_patch_fails_at_the_users_line(net, x, no_leftovers) -> None:
@@ -337,7 +337,7 @@ def test_waiting_past_the_point_to_patch_fails_at_the_users_line(net, x, no_left
     message = str(caught.value)
     assert "waited for 'source', which invoke 0 assigns" in message
     assert "earlier trace" in message
-    line_of(caught.value, "model.layers[0].output = source  # layer 0 runs before layer 2")
+    error_line(caught.value, "model.layers[0].output = source  # layer 0 runs before layer 2")
 
 
 def test_a_point_gone_before_the_wait_began_is_not_blamed_on_it(net, x, no_leftovers) -> None:
@@ -353,7 +353,7 @@ def test_a_point_gone_before_the_wait_began_is_not_blamed_on_it(net, x, no_lefto
                 model.layers[2].output = source
                 model.layers[0].output
     assert "waited" not in str(caught.value)
-    line_of(caught.value, "model.layers[0].output")
+    error_line(caught.value, "model.layers[0].output")
 
 
 def test_a_name_only_a_later_invoke_assigns_is_explained(net, x) -> None:
