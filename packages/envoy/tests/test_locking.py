@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from endoscope_envoy import NNsight
-from endoscope_envoy._locking import _WAITING, TraceDeadlockError, lock_of
+from endoscope_envoy import NNsight, TraceDeadlockError
+from endoscope_envoy._locking import _WAITING, lock_of
 from endoscope_tracing import SAVED
 
 GUARD = 120  # seconds: only a safeguard against a hang, never a measurement

@@ -18,6 +18,7 @@ from ._batching import BatchingError, TorchBatcher, batch_inputs
 from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
 from ._hooks import requires_inputs, requires_output, serve_module
+from ._locking import TraceDeadlockError
 from ._nnsight import NNsight
 from ._saving import mount_save, save, unmount_save
 from ._scan import ScanTracer, TensorSpec
@@ -48,6 +49,7 @@ __all__ = [
     "Session",
     "TensorSpec",
     "TorchBatcher",
+    "TraceDeadlockError",
     "WithBlockNotFoundError",
     "__version__",
     "batch_inputs",

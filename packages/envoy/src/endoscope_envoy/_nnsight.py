@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, overload
 
 import torch
@@ -249,6 +250,17 @@ class NNsight(Envoy):
         taken = hold(self._trace_lock())
         try:
             return self._interleave_held(tracer, args, kwargs)
+        finally:
+            release(taken)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the lock this model's traces take (see :mod:`._locking`) for the
+        block: for changes to the modules that no trace may see half done (the
+        meta-package's loading of weights). Re-entrant in this context."""
+        taken = hold(self._trace_lock())
+        try:
+            yield
         finally:
             release(taken)
 
