@@ -23,8 +23,7 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,7 +61,8 @@ _running_backwards: contextvars.ContextVar[tuple[BackwardTracer, ...]] = context
 
 class _Patch:
     """A class attribute of torch's replaced while any user in any thread needs it
-    (counted), and put back when the last one is done."""
+    (counted), and put back when the last one is done. A context manager; one
+    ``with`` per user (every trace enters one: no generator frame)."""
 
     def __init__(self, owner: Any, name: str, value: Any) -> None:
         self.owner = owner
@@ -74,8 +74,7 @@ class _Patch:
         # owner had no attribute of its own (it is deleted again).
         self._outer: Any = None
 
-    @contextmanager
-    def applied(self) -> Iterator[None]:
+    def __enter__(self) -> None:
         with self._lock:
             if self._users == 0:
                 outer = self.owner.__dict__.get(self.name, _ABSENT)
@@ -83,17 +82,16 @@ class _Patch:
                 if self._outer is not None:
                     setattr(self.owner, self.name, self.value)
             self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0 and self._outer is not None:
-                    if self._outer is _ABSENT:
-                        delattr(self.owner, self.name)
-                    else:
-                        setattr(self.owner, self.name, self._outer)
-                    self._outer = None
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._outer is not None:
+                if self._outer is _ABSENT:
+                    delattr(self.owner, self.name)
+                else:
+                    setattr(self.owner, self.name, self._outer)
+                self._outer = None
 
 
 _ABSENT: Any = object()
@@ -125,11 +123,11 @@ _backward.__wrapped__ = _ORIGINAL_BACKWARD  # type: ignore[attr-defined]
 _BACKWARD_PATCH = _Patch(torch.Tensor, "backward", _backward)
 
 
-def backward_in_traces() -> Any:
+def backward_in_traces() -> _Patch:
     """A context manager for a trace's run: ``Tensor.backward`` is ours meanwhile
     (another library loaded later may have patched over it; ours falls back to
     torch's own), in every thread, until the last trace running ends."""
-    return _BACKWARD_PATCH.applied()
+    return _BACKWARD_PATCH
 
 
 def mount_backward() -> None:
@@ -250,7 +248,7 @@ class BackwardTracer(Tracer):
         # this context.
         token = _running_backwards.set((*_running_backwards.get(), self))
         try:
-            with _GRAD_PATCH.applied(), self.interleaver:
+            with _GRAD_PATCH, self.interleaver:
                 _ORIGINAL_BACKWARD(self.tensor, *self.args, **self.kwargs)
         except BaseException as error:
             if drop_computation_frames(error):

@@ -53,8 +53,11 @@ _HELD: contextvars.ContextVar[tuple[_Hold, ...]] = contextvars.ContextVar(
 )
 
 # Every lock's owner, merges and the waits-for graph change under this one
-# condition: held only for a few statements, never while a trace runs.
-_STATE = threading.Condition(threading.Lock())
+# mutex: held only for a few statements, never while a trace runs. Waiters wait
+# on the condition over it (counted, so a release with nobody waiting skips it).
+_MUTEX = threading.Lock()
+_STATE = threading.Condition(_MUTEX)
+_waiters = 0
 #: Per hold of a waiting context, the lock it waits for and all its holds.
 _WAITING: dict[_Hold, tuple[ModelLock, tuple[_Hold, ...]]] = {}
 #: Per module, its lock (a merged one leads to the lock it was merged into).
@@ -98,10 +101,10 @@ def lock_of(module: torch.nn.Module) -> ModelLock:
     """
     lock = _LOCKS.get(module)
     if lock is not None:
-        with _STATE:
+        with _MUTEX:
             return lock._root()
     modules = list(module.modules())
-    with _STATE:
+    with _MUTEX:
         roots: list[ModelLock] = []
         for each in modules:
             found = _LOCKS.get(each)
@@ -136,27 +139,29 @@ def hold(lock: ModelLock) -> tuple[ModelLock, _Hold, contextvars.Token[Any]] | N
         TraceDeadlockError: the lock's owner waits, directly or through others,
             for a lock this context holds.
     """
+    global _waiters
     held = _HELD.get()
-    with _STATE:
+    with _MUTEX:
         root = lock._root()
         if held and root.owner in held:
             return None
-        while True:
+        # The common case, a free lock of one tree, skips the loop at once.
+        while root.owner is not None or len(root._members) > 1:
             owners = root._owners(held)
             if not owners:
                 break
             if held:
+                # Holding something, this context may close a cycle.
                 _check_cycle(owners, held)
                 for mine in held:
                     _WAITING[mine] = (root, held)
-                try:
-                    _STATE.wait()
-                finally:
-                    for mine in held:
-                        _WAITING.pop(mine, None)
-            else:
-                # Holding nothing, this context closes no cycle.
+            _waiters += 1
+            try:
                 _STATE.wait()
+            finally:
+                _waiters -= 1
+                for mine in held:
+                    _WAITING.pop(mine, None)
             root = root._root()  # merged while waiting: wait for the union
         mine = _Hold()
         root.owner = mine
@@ -170,10 +175,11 @@ def release(taken: tuple[ModelLock, _Hold, contextvars.Token[Any]] | None) -> No
         return
     lock, mine, token = taken
     _HELD.reset(token)
-    with _STATE:
+    with _MUTEX:
         if lock.owner is mine:
             lock.owner = None
-        _STATE.notify_all()
+        if _waiters:
+            _STATE.notify_all()
 
 
 def _check_cycle(owners: list[_Hold], held: tuple[_Hold, ...]) -> None:
