@@ -201,4 +201,4 @@ def _check_cycle(owners: list[_Hold], held: tuple[_Hold, ...]) -> None:
         waits = _WAITING.get(owner)
         if waits is not None:
             lock, theirs = waits
-            pending.extend(lock._owners(theirs))
+            pending.extend(lock._root()._owners(theirs))  # merged meanwhile: the union
