@@ -50,6 +50,7 @@ def test_envoy_objects_are_re_exported_as_they_are():
         "ScanTracer",
         "Session",
         "TensorSpec",
+        "TraceDeadlockError",
         "WithBlockNotFoundError",
         "eproperty",
         "requires_inputs",

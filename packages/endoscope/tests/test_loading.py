@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,35 @@ def test_transformers_model_an_unknown_task(saved_model):
 def test_transformers_model_peft_says_how_to_wrap_an_adapter(saved_model):
     with pytest.raises(NotImplementedError, match="PeftModel.from_pretrained"):
         TransformersModel(saved_model, peft="someone/adapter")
+
+
+def test_first_traces_from_two_threads_load_once(saved_model, monkeypatch):
+    lm = LanguageModel(saved_model)
+    loads = []
+    load = AutoModelForCausalLM.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", counted)
+    start = threading.Barrier(2)
+    logits: list[torch.Tensor] = []
+    errors: list[BaseException] = []
+
+    def first_trace() -> None:
+        start.wait()
+        try:
+            logits.append(traced_logits(lm))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=first_trace, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)  # a guard against a hang, not a measurement
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == [] and len(loads) == 1
+    expected = plain_logits(load(saved_model).eval(), lm.tokenizer)
+    assert all(torch.equal(each, expected) for each in logits) and len(logits) == 2

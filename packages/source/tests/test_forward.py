@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import sys
+import threading
 import weakref
 
 import pytest
@@ -168,3 +170,32 @@ def test_objects_without_a_dict_are_refused() -> None:
 
     with pytest.raises(UnsupportedFunctionError, match="no instance __dict__"):
         get_or_create_source_accessor(Slotted())
+
+
+def test_threads_asking_at_once_get_one_accessor() -> None:
+    # Frequent switches make the threads interleave inside the build.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
+            module = Module()
+            start = threading.Barrier(8)
+            found: list[SourceAccessor] = []
+
+            def ask(
+                module: Module = module,
+                start: threading.Barrier = start,
+                found: list[SourceAccessor] = found,
+            ) -> None:
+                start.wait()
+                found.append(get_or_create_source_accessor(module, path="m"))
+
+            threads = [threading.Thread(target=ask) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(found) == 8
+            assert all(acc is module.__dict__[SOURCE_ACCESSOR_ATTR] for acc in found)
+    finally:
+        sys.setswitchinterval(interval)

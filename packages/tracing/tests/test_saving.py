@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 
 from endoscope_tracing import SAVED, Tracer, UnsavedName, save
@@ -66,3 +67,35 @@ def test_containers_of_saved_values_survive() -> None:
     assert isinstance(mapping["a"], Blob)
     assert isinstance(pair[0], Blob)
     assert isinstance(plain, UnsavedName)
+
+
+def test_each_thread_has_its_own_marks() -> None:
+    """Another thread's trace neither sees this one's marks nor keeps its own
+    after its block while this one still runs."""
+    inside, other_done = threading.Event(), threading.Event()
+    seen: list[int] = []
+    kept: list[object] = []
+
+    def long_trace() -> None:
+        with Tracer():
+            value = save(Blob())
+            inside.set()
+            other_done.wait(60)
+            still = save(value in SAVED)
+        kept.extend([value, still])
+
+    def short_trace() -> None:
+        inside.wait(60)
+        with Tracer():
+            save(Blob())
+            seen.append(len(SAVED))  # its own mark only
+        seen.append(len(SAVED))  # none once its block ended
+        other_done.set()
+
+    threads = [threading.Thread(target=long_trace), threading.Thread(target=short_trace)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert seen == [1, 0]
+    assert isinstance(kept[0], Blob) and kept[1] is True

@@ -390,3 +390,32 @@ def test_transformed_body_keeps_the_users_line_numbers() -> None:
     lines = [entry.lineno for entry in info.traceback if entry.name == "fails"]
     first = fails.__code__.co_firstlineno
     assert first + 4 - 1 in lines  # tracebacks count from 0
+
+
+def _nested_in_two_threads(tag: str, mine: threading.Barrier) -> Any:
+    """One call site run by two threads at once: the nested tracer's parent is this
+    thread's outer tracer, although the other thread's runs the same body too."""
+    with Tracer() as outer:
+        mine.wait(60)  # both outer bodies are running now
+        with Tracer() as inner:
+            value = save(tag)
+        parent_is_outer = save(inner.parent is outer)
+        mine.wait(60)  # and still are, until both inner blocks are done
+    return value, parent_is_outer
+
+
+def test_nested_tracers_find_their_parent_in_their_own_thread() -> None:
+    # Compiled once here: both threads then run the very same body code.
+    assert _nested_in_two_threads("warm", threading.Barrier(1)) == ("warm", True)
+    both = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def run(tag: str) -> None:
+        results[tag] = _nested_in_two_threads(tag, both)
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {"a": ("a", True), "b": ("b", True)}

@@ -250,10 +250,15 @@ class TransformersModel(NNsight):
         # An edited copy (model.edit()) shares its original's Envoy tree and root.
         root = cast(TransformersModel, self._root)
         if not root._dispatched:
-            assert root.repo_id is not None
-            loaded = load_pretrained(root._automodel, root.repo_id, root._load_options)
-            rebind(root, loaded)
-            root._dispatched = True
+            # Under the empty model's trace lock: a scan of it in another thread
+            # ends before its Envoys move, and a second thread's first trace waits
+            # for this load instead of loading again.
+            with root._exclusive():
+                if not root._dispatched:
+                    assert root.repo_id is not None
+                    loaded = load_pretrained(root._automodel, root.repo_id, root._load_options)
+                    rebind(root, loaded)
+                    root._dispatched = True
         if self._module is not root._module:
             self._module = root._module
             self._ordered = root._ordered

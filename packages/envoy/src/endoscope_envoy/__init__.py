@@ -19,6 +19,7 @@ from ._batching import BatchingError, TorchBatcher, batch_inputs
 from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
 from ._hooks import requires_inputs, requires_output, serve_module
+from ._locking import TraceDeadlockError
 from ._nnsight import NNsight
 from ._remote import RemoteSerializationError
 from ._saving import mount_save, save, unmount_save
@@ -51,6 +52,7 @@ __all__ = [
     "Session",
     "TensorSpec",
     "TorchBatcher",
+    "TraceDeadlockError",
     "UnsavedValueWarning",
     "WithBlockNotFoundError",
     "__version__",

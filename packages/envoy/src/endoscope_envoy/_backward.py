@@ -20,7 +20,9 @@ block runs, and only for code running in that block.
 
 from __future__ import annotations
 
+import contextvars
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,20 +36,70 @@ from ._tracebacks import drop_computation_frames
 if TYPE_CHECKING:
     from ._nnsight import NNsight
 
-__all__ = ["BackwardTracer", "mount_backward", "running_models", "unmount_backward"]
+__all__ = [
+    "BackwardTracer",
+    "backward_in_traces",
+    "mount_backward",
+    "running_models",
+    "unmount_backward",
+]
 
 _ORIGINAL_BACKWARD: Callable[..., Any] = torch.Tensor.backward
 _ORIGINAL_GRAD: Any = torch._C.TensorBase.__dict__["grad"]
 
-#: Models whose trace is running (innermost last); pushed by NNsight._interleave.
-running_models: list[NNsight] = []
-#: Backward blocks whose pass is running (innermost last).
-_running_backwards: list[BackwardTracer] = []
+# Context-local, not global: several threads may trace at once, and a trace's
+# code (on a greenlet or a worker thread) runs in a copy of its trace's context.
+#: Models whose trace is running in this context (innermost last); set by NNsight._interleave.
+running_models: contextvars.ContextVar[tuple[NNsight, ...]] = contextvars.ContextVar(
+    "endoscope_running_models", default=()
+)
+#: Backward blocks whose pass is running in this context (innermost last).
+_running_backwards: contextvars.ContextVar[tuple[BackwardTracer, ...]] = contextvars.ContextVar(
+    "endoscope_running_backwards", default=()
+)
+
+
+class _Patch:
+    """A class attribute of torch's replaced while any user in any thread needs it
+    (counted), and put back when the last one is done. A context manager; one
+    ``with`` per user (every trace enters one: no generator frame)."""
+
+    def __init__(self, owner: Any, name: str, value: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self.value = value
+        self._lock = threading.Lock()
+        self._users = 0
+        # What to put back: None when nothing was replaced, _ABSENT when the
+        # owner had no attribute of its own (it is deleted again).
+        self._outer: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                outer = self.owner.__dict__.get(self.name, _ABSENT)
+                self._outer = None if outer is self.value else outer
+                if self._outer is not None:
+                    setattr(self.owner, self.name, self.value)
+            self._users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._outer is not None:
+                if self._outer is _ABSENT:
+                    delattr(self.owner, self.name)
+                else:
+                    setattr(self.owner, self.name, self._outer)
+                self._outer = None
+
+
+_ABSENT: Any = object()
 
 
 def _current_model() -> NNsight | None:
-    """The model whose trace code is running on this thread right now, if any."""
-    for model in reversed(running_models):
+    """The model whose trace code is running in this context right now, if any."""
+    for model in reversed(running_models.get()):
         interleaver = model._root._interleaver
         if interleaver is not None and interleaver.current is not None:
             return model
@@ -55,7 +107,7 @@ def _current_model() -> NNsight | None:
 
 
 def _backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    if running_models:
+    if running_models.get():
         model = _current_model()
         if model is not None:
             caller = sys._getframe(1)
@@ -66,6 +118,16 @@ def _backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
 
 _backward.__doc__ = _ORIGINAL_BACKWARD.__doc__
 _backward.__wrapped__ = _ORIGINAL_BACKWARD  # type: ignore[attr-defined]
+
+
+_BACKWARD_PATCH = _Patch(torch.Tensor, "backward", _backward)
+
+
+def backward_in_traces() -> _Patch:
+    """A context manager for a trace's run: ``Tensor.backward`` is ours meanwhile
+    (another library loaded later may have patched over it; ours falls back to
+    torch's own), in every thread, until the last trace running ends."""
+    return _BACKWARD_PATCH
 
 
 def mount_backward() -> None:
@@ -85,13 +147,15 @@ class _GradProperty:
     def __get__(self, tensor: Any, owner: type | None = None) -> Any:
         if tensor is None:
             return self
-        run = _running_backwards[-1] if _running_backwards else None
+        runs = _running_backwards.get()
+        run = runs[-1] if runs else None
         if run is not None and run.interleaver.current is not None:
             return run.read_grad(tensor)
         return _ORIGINAL_GRAD.__get__(tensor, owner)
 
     def __set__(self, tensor: Any, value: Any) -> None:
-        run = _running_backwards[-1] if _running_backwards else None
+        runs = _running_backwards.get()
+        run = runs[-1] if runs else None
         if run is not None and run.interleaver.current is not None:
             run.write_grad(tensor, value)
             return
@@ -102,6 +166,7 @@ class _GradProperty:
 
 
 _GRAD_PROPERTY = _GradProperty()
+_GRAD_PATCH = _Patch(torch.Tensor, "grad", _GRAD_PROPERTY)
 
 
 def _rows_of(tensor: torch.Tensor) -> tuple[torch.Tensor, slice | None]:
@@ -179,19 +244,18 @@ class BackwardTracer(Tracer):
         # Module reads inside the block go to this interleaver (which explains
         # that only gradients exist here), never to the paused forward's.
         model._interleaver = self.interleaver
-        _running_backwards.append(self)
-        torch.Tensor.grad = _GRAD_PROPERTY  # type: ignore[assignment]
+        # Before the interleaver starts the body's worker: it runs in a copy of
+        # this context.
+        token = _running_backwards.set((*_running_backwards.get(), self))
         try:
-            with self.interleaver:
+            with _GRAD_PATCH, self.interleaver:
                 _ORIGINAL_BACKWARD(self.tensor, *self.args, **self.kwargs)
         except BaseException as error:
             if drop_computation_frames(error):
                 raise error  # with its new traceback
             raise
         finally:
-            _running_backwards.remove(self)
-            if not _running_backwards:
-                del torch.Tensor.grad
+            _running_backwards.reset(token)
             model._interleaver = outer
             # No cycles left behind (interleaver <-> tracer, tracer -> itself, the
             # caller's frame <-> tracer).

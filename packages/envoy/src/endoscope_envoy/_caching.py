@@ -23,6 +23,7 @@ from ._hooks import (
     add_forward_pre_hook,
     lend_early,
     run_forward,
+    theirs,
 )
 
 if TYPE_CHECKING:
@@ -217,7 +218,8 @@ def _record_outputs(
         # The user's forward hooks run after the wrapper: record after them.
 
         def hook(module_: Any, args: Any, output: Any) -> None:
-            record(output)
+            if not theirs(interleaver):
+                record(output)
 
         interleaver.hooks.append(add_forward_hook(module, hook, first=False))
         return
@@ -234,7 +236,8 @@ def _record_inputs(
         # The user's pre-hooks run before the wrapper: record after them.
 
         def hook(module_: Any, args: Any, kwargs: Any) -> None:
-            record((args, kwargs))
+            if not theirs(interleaver):
+                record((args, kwargs))
 
         interleaver.hooks.append(add_forward_pre_hook(module, hook, with_kwargs=True, first=False))
         return

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,18 @@ __all__ = [
     "run_forward",
     "serve_module",
     "skip_module",
+    "theirs",
 ]
+
+
+_get_ident = threading.get_ident
+
+
+def theirs(interleaver: Interleaver) -> bool:
+    """Whether the module call running now belongs to another thread than
+    ``interleaver``'s run (a plain call of a module while this thread traces it):
+    what the run adds to a module must leave such calls alone."""
+    return interleaver.thread != _get_ident()
 
 
 class _Removable:
@@ -292,9 +304,14 @@ def _build(run: _Run, original: Any, provider: str, first: str) -> Callable[...,
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         interleaver = run.interleaver
-        # No run (a stale reference), or called from an intervention (an Envoy
-        # called ad hoc): the module's own forward, nothing served.
-        if interleaver is None or interleaver.current is not None:
+        # No run (a stale reference), called from an intervention (an Envoy called
+        # ad hoc), or by another thread (a plain call while this one traces the
+        # module): the module's own forward, nothing served.
+        if (
+            interleaver is None
+            or interleaver.current is not None
+            or interleaver.thread != _get_ident()
+        ):
             return original(*args, **kwargs)
         general = run.general
         if general is not None:
@@ -641,6 +658,8 @@ def _install_inputs_hook(wrapper: _Forward) -> Any:
     handle = interleaver.handle
 
     def inputs_hook(module_: Any, args: Any, kwargs: Any) -> Any:
+        if theirs(interleaver):
+            return None
         try:
             return handle(provider, (args, kwargs), True)
         except SkipException as skip:

@@ -20,6 +20,7 @@ forward and the number of forwards so far.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -223,12 +224,13 @@ class EnvoyInterleaver(Interleaver):
 @contextmanager
 def counting_forwards(interleaver: EnvoyInterleaver, root: torch.nn.Module) -> Iterator[None]:
     """Count the root module's calls in a run that calls it several times."""
-    from ._hooks import add_forward_pre_hook
+    from ._hooks import add_forward_pre_hook, theirs
 
     interleaver.forwards = 0
 
     def count(module: torch.nn.Module, args: Any) -> None:
-        interleaver.forwards = (interleaver.forwards or 0) + 1
+        if not theirs(interleaver):
+            interleaver.forwards = (interleaver.forwards or 0) + 1
 
     handle = add_forward_pre_hook(root, count, first=True)
     try:
@@ -241,8 +243,10 @@ def counting_forwards(interleaver: EnvoyInterleaver, root: torch.nn.Module) -> I
 def recording_point_order(model: NNsight, interleaver: EnvoyInterleaver) -> Iterator[None]:
     """Record, for one run, the order of ``model``'s points and their calls per forward.
 
-    While it runs, ``interleaver.live_calls`` counts every point's calls.
+    While it runs, ``interleaver.live_calls`` counts every point's calls. Calls
+    made by other threads (torch's global hooks see every call) are left out.
     """
+    thread = threading.get_ident()
     paths = {id(envoy._module): path for path, envoy in model.named_modules()}
     root = id(model._module)
     order: dict[str, int] = {}
@@ -254,7 +258,7 @@ def recording_point_order(model: NNsight, interleaver: EnvoyInterleaver) -> Iter
         nonlocal forwards
         key = id(module)
         path = paths.get(key)
-        if path is not None:
+        if path is not None and threading.get_ident() == thread:
             point = f"{path}.input"
             order.setdefault(point, len(order))
             calls[point] = calls.get(point, 0) + 1
@@ -263,7 +267,7 @@ def recording_point_order(model: NNsight, interleaver: EnvoyInterleaver) -> Iter
 
     def post(module: torch.nn.Module, args: Any, output: Any) -> None:
         path = paths.get(id(module))
-        if path is not None:
+        if path is not None and threading.get_ident() == thread:
             point = f"{path}.output"
             order.setdefault(point, len(order))
             calls[point] = calls.get(point, 0) + 1

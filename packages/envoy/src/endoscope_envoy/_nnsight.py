@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, overload
 
 import torch
 
 from endoscope_interleaver import GreenletScheduler, Interleaver, Scheduler, ThreadScheduler
 
-from ._backward import _backward as backward_entry
-from ._backward import running_models
+from ._backward import backward_in_traces, running_models
 from ._batching import batch_inputs
 from ._config import CONFIG
 from ._envoy import Envoy
 from ._hooks import WarmWrappers, lent_wrappers
 from ._interleaving import PointOrder, counting_forwards, recording_point_order
+from ._locking import ModelLock, hold, lock_of, release
 from ._remote import LocalRemoteBackend, remote_backend
 from ._session import EditTracer, Session
 from ._tracebacks import drop_computation_frames
@@ -86,6 +87,7 @@ class NNsight(Envoy):
         self._interleaver: Interleaver | None = None
         self._point_order: PointOrder | None = None
         self._paths_by_id: dict[int, str] | None = None
+        self._lock_of_module: tuple[torch.nn.Module, ModelLock] | None = None
         # Per traced call site (its compiled body's code): the forward wrappers its
         # runs wore, lent again before the next run starts (see _interleave). The
         # wrappers refer to their Envoys weakly: no cycle through the root's own.
@@ -282,6 +284,7 @@ class NNsight(Envoy):
         module id and every call site's warm-up wrappers."""
         self._point_order = None
         self._paths_by_id = None
+        self._lock_of_module = None
         self._warm.clear()  # in place: an edited copy shares it
 
     def _edited_copy(self) -> NNsight:
@@ -322,6 +325,37 @@ class NNsight(Envoy):
     def _interleave(
         self, tracer: InterleavingTracer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        # One trace at a time per module tree (see _locking): taken once per run,
+        # before the first wrapper is lent; a trace of this tree inside this one's
+        # code holds it already.
+        taken = hold(self._trace_lock())
+        try:
+            return self._interleave_held(tracer, args, kwargs)
+        finally:
+            release(taken)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the lock this model's traces take (see :mod:`._locking`) for the
+        block: for changes to the modules that no trace may see half done (the
+        meta-package's loading of weights). Re-entrant in this context."""
+        taken = hold(self._trace_lock())
+        try:
+            yield
+        finally:
+            release(taken)
+
+    def _trace_lock(self) -> ModelLock:
+        """The lock of the module tree this model traces (found once per module)."""
+        module = self._module
+        known = self._lock_of_module
+        if known is None or known[0] is not module:
+            known = self._lock_of_module = (module, lock_of(module))
+        return known[1]
+
+    def _interleave_held(
+        self, tracer: InterleavingTracer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         interleaver = tracer.interleaver
         # An edited copy shares the original's Envoy tree, whose envoys find the
         # running interleaver on the tree's root.
@@ -332,12 +366,8 @@ class NNsight(Envoy):
         run = getattr(self, tracer.run_method)
         if tracer.run_kwargs:
             kwargs = {**kwargs, **tracer.run_kwargs}
-        running_models.append(self)
-        # Another library loaded later may have patched Tensor.backward over ours:
-        # inside this trace, ours decides (it falls back to torch's own).
-        outer_backward = torch.Tensor.backward
-        if outer_backward is not backward_entry:
-            torch.Tensor.backward = backward_entry  # type: ignore[method-assign]
+        # Before the interleaver starts the workers: they run in copies of this context.
+        running = running_models.set((*running_models.get(), self))
         site = tracer._site
         warm = self._warm.get(site) if site is not None else None
         try:
@@ -350,7 +380,7 @@ class NNsight(Envoy):
                 except BaseException:
                     interleaver.cancel()
                     raise
-            with interleaver:
+            with backward_in_traces(), interleaver:
                 if learn:
                     with recording_point_order(self, interleaver):
                         output = run(*args, **kwargs)
@@ -370,9 +400,7 @@ class NNsight(Envoy):
             raise
         finally:
             interleaver.lent_late.clear()
-            running_models.remove(self)
-            if outer_backward is not backward_entry:
-                torch.Tensor.backward = outer_backward  # type: ignore[method-assign]
+            running_models.reset(running)
             root._interleaver = previous
         return output
 

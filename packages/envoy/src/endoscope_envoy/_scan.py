@@ -11,6 +11,7 @@ model, the :class:`TensorSpec` of its inputs and output (``tracer.shapes``).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, NamedTuple
 
 import torch
@@ -51,15 +52,17 @@ class ScanTracer(InterleavingTracer):
     def execute(self, fn: Any) -> Any:
         paths = {id(envoy._module): path for path, envoy in self.model.named_modules()}
         shapes = self.shapes
+        # torch's global hooks see every thread's calls: only this one's are the scan's.
+        thread = threading.get_ident()
 
         def record_inputs(module: torch.nn.Module, args: Any) -> None:
             path = paths.get(id(module))
-            if path is not None and path not in shapes:
+            if path is not None and path not in shapes and threading.get_ident() == thread:
                 shapes[path] = {"inputs": spec_of(args)}
 
         def record_output(module: torch.nn.Module, args: Any, output: Any) -> None:
             entry = shapes.get(paths.get(id(module), ""))
-            if entry is not None and "output" not in entry:
+            if entry is not None and "output" not in entry and threading.get_ident() == thread:
                 entry["output"] = spec_of(output)
 
         handles = [

@@ -15,6 +15,7 @@ the waiting mediators in their fixed order.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -178,6 +179,9 @@ class Interleaver:
         calls: per provider path, how many times it was handled with
             ``iterate=True`` in this run (the next call's ``.iN``).
         hooks: run-level hook handles, removed when the run ends.
+        thread: the ident of the thread that started the current (or last) run,
+            where its computation runs; hooks a caller shares with code of other
+            threads tell the run's calls from theirs by it.
     """
 
     def __init__(
@@ -211,6 +215,7 @@ class Interleaver:
         self._interleaving = False
         self._ended = False
         self._stopping = False
+        self.thread: int | None = None
         if mediators:
             self.initialize(mediators, batcher=batcher, tracer=tracer)
         else:
@@ -259,6 +264,7 @@ class Interleaver:
             raise RuntimeError("this interleaver is already running; runs cannot nest")
         # The run state is clean: set so by __init__ and by the last run's teardown.
         self._interleaving = True
+        self.thread = threading.get_ident()
         try:
             self._live = list(self.mediators)
             for mediator in self.mediators:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from types import FunctionType, MethodType
 from typing import Any
 
@@ -39,6 +40,10 @@ TRUE_FORWARD_ATTR = "__endoscope_true_forward__"
 """Marker on a forward wrapper: where the real forward is (attribute name or callable)."""
 
 _MAX_LAYERS = 64
+
+# Two threads asking for a new object's accessor at once must get the same one
+# (hooks added to another would never run); held only while one is built.
+_CREATING = threading.Lock()
 
 
 def _instance_dict(obj: object) -> dict[str, Any]:
@@ -159,14 +164,18 @@ def get_or_create_source_accessor(obj: object, path: str = "") -> SourceAccessor
     accessor = _instance_dict(obj).get(SOURCE_ACCESSOR_ATTR)
     if isinstance(accessor, SourceAccessor):
         return accessor
-    accessor = SourceAccessor(resolve_true_forward(obj), path=path)
-    try:
-        # object.__setattr__ skips custom __setattr__ logic (torch's registers
-        # modules and parameters; an accessor is neither).
-        object.__setattr__(obj, SOURCE_ACCESSOR_ATTR, accessor)
-    except (AttributeError, TypeError):
-        raise UnsupportedFunctionError(
-            f"cannot store the source accessor on {describe(obj)} (no instance __dict__); "
-            "keep the SourceAccessor yourself instead"
-        ) from None
+    with _CREATING:
+        accessor = _instance_dict(obj).get(SOURCE_ACCESSOR_ATTR)
+        if isinstance(accessor, SourceAccessor):
+            return accessor  # built by another thread meanwhile
+        accessor = SourceAccessor(resolve_true_forward(obj), path=path)
+        try:
+            # object.__setattr__ skips custom __setattr__ logic (torch's registers
+            # modules and parameters; an accessor is neither).
+            object.__setattr__(obj, SOURCE_ACCESSOR_ATTR, accessor)
+        except (AttributeError, TypeError):
+            raise UnsupportedFunctionError(
+                f"cannot store the source accessor on {describe(obj)} (no instance __dict__); "
+                "keep the SourceAccessor yourself instead"
+            ) from None
     return accessor

@@ -8,7 +8,7 @@ released when it ends, so saving costs one dictionary entry per value.
 
 from __future__ import annotations
 
-import threading
+import contextvars
 from typing import Any, TypeVar
 
 __all__ = ["SAVED", "SavedValues", "save"]
@@ -16,41 +16,69 @@ __all__ = ["SAVED", "SavedValues", "save"]
 T = TypeVar("T")
 
 
+class _Scope:
+    """The marks of one outermost trace and how deep its traces are nested."""
+
+    __slots__ = ("depth", "values")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.values: dict[int, Any] = {}
+
+
 class SavedValues:
     """Identity set of the values saved during the outermost active trace.
 
-    Trace bodies may run on worker threads (the interleaver), so the set is
-    process-wide, not thread-local.
+    One set per outermost trace, kept in a :mod:`contextvars` variable: traces of
+    other threads running at the same time have their own (their marks neither
+    leak into this trace's results nor outlive their trace), while a trace body
+    run on a worker thread or greenlet runs in a copy of its trace's context and
+    shares its set.
     """
 
     def __init__(self) -> None:
-        self._depth = 0
-        self._values: dict[int, Any] = {}
-        self._lock = threading.Lock()
+        self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+            "endoscope_saved_values", default=None
+        )
+
+    @property
+    def _values(self) -> dict[int, Any]:
+        scope = self._scope.get()
+        return scope.values if scope is not None else {}
 
     def enter(self) -> None:
         """A trace started executing."""
-        with self._lock:
-            self._depth += 1
+        scope = self._scope.get()
+        if scope is None or scope.depth <= 0:
+            # The outermost trace of this context (a copy of an ended trace's
+            # context starts afresh too).
+            scope = _Scope()
+            self._scope.set(scope)
+        scope.depth += 1
 
     def exit(self) -> None:
         """A trace finished; the outermost one releases every mark."""
-        with self._lock:
-            self._depth -= 1
-            if self._depth <= 0:
-                self._depth = 0
-                self._values.clear()
+        scope = self._scope.get()
+        if scope is None:
+            return
+        scope.depth -= 1
+        if scope.depth <= 0:
+            scope.depth = 0
+            scope.values.clear()
+            self._scope.set(None)
 
     @property
     def active(self) -> bool:
-        """Whether some trace is executing."""
-        return self._depth > 0
+        """Whether some trace is executing in this context."""
+        scope = self._scope.get()
+        return scope is not None and scope.depth > 0
 
     def mark(self, value: T) -> T:
         """Mark ``value`` as saved (no effect outside a trace) and return it."""
-        if self._depth:
+        scope = self._scope.get()
+        if scope is not None and scope.depth:
             # Keep the object alive while marked so its id cannot be reused.
-            self._values[id(value)] = value
+            scope.values[id(value)] = value
         return value
 
     def __contains__(self, value: object) -> bool:

@@ -12,6 +12,7 @@ does: run the body beside a model, or defer it.
 from __future__ import annotations
 
 import ast
+import contextvars
 import sys
 import threading
 import warnings
@@ -36,9 +37,13 @@ __all__ = ["Backend", "ExecutionBackend", "Tracer", "TracerInfo"]
 _SITES: dict[int, tuple[weakref.ref[CodeType], dict[Any, CapturedBlock]]] = {}
 _SITES_LOCK = threading.Lock()
 
-# Tracers whose compiled body is running now, innermost last (process-wide: bodies
-# may run on worker threads). Used to find a nested tracer's parent.
-_RUNNING: list[Tracer] = []
+# Tracers whose compiled body is running in this context, innermost last. Used to
+# find a nested tracer's parent. Per context, not per process: other threads run
+# traces of their own at the same time (possibly of the same call site), and a
+# body run on a worker thread or greenlet runs in a copy of its trace's context.
+_RUNNING: contextvars.ContextVar[tuple[Tracer, ...]] = contextvars.ContextVar(
+    "endoscope_running_tracers", default=()
+)
 _PRIVATE_PREFIX = "__endoscope_"
 
 
@@ -213,7 +218,7 @@ class Tracer:
             cache_key=(id(code), offset),
             block=block,
         )
-        self.parent = next((t for t in reversed(_RUNNING) if t._body_code is code), None)
+        self.parent = next((t for t in reversed(_RUNNING.get()) if t._body_code is code), None)
         return self.info
 
     def parse(self, source_lines: list[str], frame: FrameType) -> CapturedBlock:
@@ -276,12 +281,12 @@ class Tracer:
         """Step 4: run the compiled body; its variables are pushed at its end."""
         self._body_code = getattr(fn, "__code__", None)
         self._running = True
-        _RUNNING.append(self)
+        token = _RUNNING.set((*_RUNNING.get(), self))
         try:
             return fn(self, self._entered, *self._pulled.values())
         finally:
             self._running = False
-            _RUNNING.remove(self)
+            _RUNNING.reset(token)
 
     # -- variables in and out ---------------------------------------------------------
 
