@@ -164,6 +164,15 @@ def _pip_install(session: nox.Session, *args: str, python: str | None = None) ->
 BUILD_DEPS = ("hatchling", "editables")
 
 
+def _check_pinned(session: nox.Session, python: str | None = None) -> None:
+    """Fail if the environment holds a third-party package the constraints do not pin."""
+    command = [str(ROOT / "testing" / "check_pinned.py"), str(CONSTRAINTS)]
+    if python is None:
+        session.run("python", *command)
+    else:
+        session.run(python, *command, external=True)
+
+
 def _install_stdlib(session: nox.Session, packages: list[Package]) -> None:
     """Install stdlib-only packages (never torch) and their test tools."""
     _pip_install(session, *BUILD_DEPS)
@@ -171,6 +180,7 @@ def _install_stdlib(session: nox.Session, packages: list[Package]) -> None:
     for package in _with_siblings(packages):
         requirements += ["-e", package.requirement, *package.test_deps]
     _pip_install(session, "--no-build-isolation", *requirements)
+    _check_pinned(session)
 
 
 def _torch_env_key() -> str:
@@ -212,6 +222,7 @@ def _torch_python(session: nox.Session) -> str:
     for package in PACKAGES:
         requirements += ["-e", package.requirement, *package.test_deps]
     _pip_install(session, "--no-build-isolation", *requirements, python=str(python))
+    _check_pinned(session, str(python))
     stamp.write_text(key)
     return str(python)
 
@@ -270,6 +281,7 @@ def integration(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and formatting with ruff."""
     _pip_install(session, "ruff")
+    _check_pinned(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
