@@ -314,6 +314,7 @@ def demo(session: nox.Session) -> None:
     packages = [p.requirement for p in _with_siblings([_by_name("endoscope")])]
     _pip_install(session, *BUILD_DEPS)
     _pip_install(session, "--no-build-isolation", TORCH, *packages)
+    _check_pinned(session)
     session.run("python", "-m", "endoscope", "demo", *session.posargs)
 
 
