@@ -5,6 +5,7 @@ Run from the repository root with the endoscope packages (and, for the GPT-2 par
 
     python benchmarks/overhead.py [--quick] [--reps N] [--runs N] [--scheduler greenlet|thread]
                                   [--compare nnsight] [--model all|mlp|gpt2|lm] [--plot PATH]
+                                  [--clock wall|cpu]
 
 or ``nox -s bench -- [options]``.
 
