@@ -80,8 +80,8 @@ def _pad_columns(tensor: torch.Tensor, length: int, value: float) -> torch.Tenso
     missing = length - tensor.shape[1]
     if missing <= 0:
         return tensor
-    # F.pad's widths run from the last dimension back: (0, 0) for each after dim 1.
-    return torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 2) + (missing, 0), value=value)
+    pad = tensor.new_full((tensor.shape[0], missing, *tensor.shape[2:]), value)
+    return torch.cat([pad, tensor], dim=1)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
