@@ -3,8 +3,9 @@
 Run from the repository root with the endoscope packages (and, for the GPT-2 part,
 ``transformers``) installed::
 
-    python benchmarks/overhead.py [--quick] [--reps N] [--scheduler greenlet|thread]
-                                  [--compare nnsight]
+    python benchmarks/overhead.py [--quick] [--reps N] [--runs N] [--scheduler greenlet|thread]
+                                  [--compare nnsight] [--model all|mlp|gpt2|lm] [--plot PATH]
+                                  [--clock wall|cpu]
 
 or ``nox -s bench -- [options]``.
 
@@ -34,7 +35,24 @@ its hooks per run too):
   the CPU); hooks on every module store the detached output;
 * one ``.source`` op read: the output of the first call site in one module's
   forward (``self.fc(...)`` in the first MLP block, ``self.c_fc(...)`` in the first
-  GPT-2 MLP); hooks read the same value with a forward hook on the called module.
+  GPT-2 MLP); hooks read the same value with a forward hook on the called module;
+* backward with one ``.grad`` read, a session of two traces, an edited model's
+  trace; and 1 and 4 saves, which with 12 saves show the cost per extra read.
+
+Growth with invokes and generated steps, on the tiny GPT-2 (room for 64 positions
+more) with the demo model's tokenizer, through each library's ``LanguageModel``:
+
+* 1, 8 and 32 invokes of one prompt each (5 to 8 tokens, so the batch is padded),
+  each saving ``h[1].mlp``'s output; plain side: one padded batch through
+  transformers with a forward hook keeping that output (positions counted from
+  each prompt's first token, as both libraries do);
+* ``generate`` of 8 and 64 tokens (``min_new_tokens`` so a random model cannot
+  stop early) zeroing feature 0 of ``h[0].mlp``'s output at every step; plain
+  side: ``generate`` with a forward hook doing the same edit.
+
+Each is also timed without any hook ("plain"), which is what the picture's
+overhead is measured from; the cost per extra invoke (1 to 32) and per extra step
+(8 to 64) is reported above the hooked plain figure.
 
 Every variant runs once with a correctness check before timing (saved values,
 cached values and edited outputs must equal what the plain hooks produce, and edits
@@ -42,9 +60,21 @@ must change the output), so the benchmark cannot time broken behaviour. Timing
 then runs all variants of a model round-robin in a shuffled order for many rounds,
 to spread drift over all of them, timing each call right after an untimed call of
 the same variant (so no variant is charged for what another one left behind), and
-reports medians. ``overhead`` is a variant's median minus the plain forward's
-median; ``endo/hooks`` and ``endo/nnsight`` divide endoscope's overhead by the
-other's.
+reports medians; the whole timing is repeated ``--runs`` times (3 by default) and
+each figure is the median of the runs' medians. ``overhead`` is a variant's median
+minus the plain forward's median; ``endo/hooks`` and ``endo/nnsight`` divide
+endoscope's overhead by the other's. ``machinery`` is a variant's median minus the
+plain hooks doing the same reads and writes (for the empty trace, minus the plain
+forward): what the library itself costs, without the torch work of the user's own
+edits, which every library pays.
+
+With ``--compare``, a verdict closes the report: machinery overhead at most 0.5 of
+the other library's in every scenario of both models (the empty trace at most 0.4),
+and the cost per extra invoke and per extra generated step above plain
+transformers at most 0.5 of the other's. A PNG of overhead against the number of
+reads, invokes and generated steps (endoscope, the other library, plain hooks) is
+written to ``--plot`` (default ``benchmarks/out/overhead.png``) when matplotlib is
+importable.
 
 With ``greenlet`` installed, a *floor* is measured too for saves, in-place edits
 and replacements: the same reads and writes by a hand-written interleaving (one
@@ -54,8 +84,7 @@ code beside the forward costs at least. With ``--compare``, the floor table also
 shows how much of half the other library's overhead is left above the floor.
 
 ``--compare nnsight`` runs the same scenarios with ``nnsight.NNsight`` in the same
-process and rounds when nnsight is importable (target: endoscope's overhead at most
-half of nnsight 0.8.1's). Both libraries are called with their function form of
+process and rounds when nnsight is importable. Both libraries are called with their function form of
 save (``endoscope_envoy.save(v)``, ``nnsight.save(v)``), because nnsight mounts a
 permanent ``.save`` on every object at import, which would shadow endoscope's
 per-trace one; the bound method only calls the function, so the cost is the same.
@@ -72,6 +101,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import platform
 import random
 import statistics
@@ -96,6 +126,8 @@ SCENARIOS = (
     "session of two traces",
     "edited model's trace",
 )
+# Fewer saves, for how the cost grows with the number of reads (with "12 saves").
+READ_COUNTS = {"1 save": 1, "4 saves": 4}
 # What a scenario's overhead is measured against (a plain-torch variant's name).
 BASELINES = {
     "backward, one .grad read": "plain forward+backward",
@@ -524,6 +556,8 @@ class Library:
     name: str
     wrap: Callable[[torch.nn.Module], Any]
     save: Callable[[Any], Any]
+    # ``(model, tokenizer) -> LanguageModel``, or None when not importable.
+    language_model: Callable[[torch.nn.Module, Any], Any] | None = None
 
 
 @dataclass
@@ -535,10 +569,14 @@ class Variant:
     run: Callable[[], Any]
     status: str = "ok"  # "ok", "error" (raised) or "wrong" (check failed)
     message: str = ""
-    times: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # ns per call, this run
+    run_medians: list[float] = field(default_factory=list)  # us, one per finished run
 
     def median_us(self) -> float:
-        return statistics.median(self.times) / 1e3
+        """The median over runs of each run's median, in microseconds."""
+        if not self.run_medians:
+            return statistics.median(self.times) / 1e3
+        return statistics.median(self.run_medians)
 
 
 def _resolve(root: Any, path: str) -> Any:
@@ -586,6 +624,8 @@ def build_variants(subject: Subject, libraries: list[Library]) -> list[Variant]:
         "session of two traces": _main(hooks_session(base, x, targets[6])),
         "edited model's trace": _main(hooks_edited(base, x, targets[6])),
     }
+    for name, count in READ_COUNTS.items():
+        reference[name] = hooks_saves(base, x, targets[:count])
     base.zero_grad(set_to_none=True)
     # The plain hooks must themselves do what the scenarios claim.
     _expect(_same(_main(reference["12 saves"][1]), plain_out), "hooks: saves changed the output")
@@ -607,6 +647,8 @@ def build_variants(subject: Subject, libraries: list[Library]) -> list[Variant]:
         Variant("session of two traces", "hooks", lambda: hooks_session(base, x, targets[6])),
         Variant("edited model's trace", "hooks", lambda: hooks_edited(base, x, targets[6])),
     ]
+    for name, count in READ_COUNTS.items():
+        variants.append(Variant(name, "hooks", _bind_hooks(hooks_saves, base, x, targets[:count])))
 
     try:
         floor: Floor | None = Floor()
@@ -642,9 +684,11 @@ def build_variants(subject: Subject, libraries: list[Library]) -> list[Variant]:
             edited: Any = make_edited(model, envoys)
         except Exception as error:
             edited = error
-        for scenario in SCENARIOS:
-            fn = TRACED[scenario]
+        for scenario in (*SCENARIOS, *READ_COUNTS):
+            fn = TRACED.get(scenario, trace_saves)
             arg = where if scenario == "one .source op read" else envoys
+            if scenario in READ_COUNTS:
+                arg = envoys[: READ_COUNTS[scenario]]
             target = model
             if scenario == "edited model's trace":
                 if isinstance(edited, Exception):
@@ -674,6 +718,15 @@ def _floor_run(
     return run
 
 
+def _bind_hooks(fn: Callable[..., Any], module: torch.nn.Module, x: Any, arg: Any) -> Callable:
+    """The plain-hooks ``fn`` with its arguments fixed, for timing."""
+
+    def run() -> Any:
+        return fn(module, x, arg)
+
+    return run
+
+
 def _bind(fn: Callable[..., Any], model: Any, x: Any, arg: Any, save: Callable) -> Callable:
     """``fn`` with its arguments fixed, for timing (no check)."""
 
@@ -696,10 +749,10 @@ def _check(
     if scenario == "empty trace":
         with torch.no_grad():
             _expect(_same(_main(module(*x)), plain_out), "the model's output changed after a trace")
-    elif scenario == "12 saves":
+    elif scenario == "12 saves" or scenario in READ_COUNTS:
         saved, out = result
         expected, _ = reference[scenario]
-        _expect(len(saved) == len(expected), f"{len(saved)} values saved, expected 12")
+        _expect(len(saved) == len(expected), f"{len(saved)} values saved, expected {len(expected)}")
         for path, got, want in zip(subject.points, saved, expected):
             _expect(_same(got, want), f"saved output of {path} differs from the hooks' value")
         _expect(_same(_main(out), plain_out), "saving changed the model's output")
@@ -719,32 +772,293 @@ def _check(
         _expect(_same(_main(result), reference[scenario]), "output differs from the hooks' result")
 
 
+# ------------------------------------------------- invokes and generation
+# How the cost grows with the number of invokes in one trace and with the number
+# of generated steps, on a language model with a tokenizer (both libraries'
+# ``LanguageModel``), each beside plain transformers doing the same work.
+
+INVOKES = (1, 8, 32)
+STEPS = (8, 64)
+
+
+@dataclass
+class LanguageSubject:
+    """A tiny random GPT-2 with the demo model's tokenizer, and its prompts.
+
+    Attributes:
+        description: one line describing model and inputs.
+        module: the transformers model (wrappers get deep copies).
+        tokenizer: the demo model's tokenizer (pads on the left).
+        prompts: 32 prompts of 5 to 8 tokens, so batches of them are padded.
+    """
+
+    description: str
+    module: torch.nn.Module
+    tokenizer: Any
+    prompts: list[str]
+
+
+def build_language() -> LanguageSubject | str:
+    """The language-model subject, or why it cannot be built."""
+    try:
+        import transformers
+
+        from endoscope import demo_facts, demo_model_path
+    except ImportError as error:
+        return (
+            f"transformers or endoscope is not installed ({error}); install the endoscope "
+            "meta-package to run it"
+        )
+    transformers.logging.set_verbosity_error()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(demo_model_path(), local_files_only=True)
+    # The GPT-2 of the point scenarios, with room for 64 generated tokens.
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    module = transformers.GPT2LMHeadModel(config).eval()
+    prompts = [fact["prompt"] for fact in demo_facts()["facts"][: max(INVOKES)]]
+    return LanguageSubject(
+        description=(
+            "tiny GPT-2 (n_layer=2, n_embd=32, n_head=2) with the demo tokenizer; "
+            "each invoke saves h[1].mlp's output, each generated step zeroes "
+            "feature 0 of h[0].mlp's output in place"
+        ),
+        module=module,
+        tokenizer=tokenizer,
+        prompts=prompts,
+    )
+
+
+def trace_invokes(lm: Any, prompts: list[str], save: Callable, check: bool) -> Any:
+    """One invoke per prompt, each saving one layer's output for its own rows."""
+    saved = []
+    with lm.trace() as tracer:
+        for prompt in prompts:
+            with tracer.invoke(prompt):
+                saved.append(save(lm.transformer.h[1].mlp.output))
+    return saved
+
+
+def trace_generate(lm: Any, prompt: str, steps: int, save: Callable, check: bool) -> Any:
+    """Generate ``steps`` tokens, zeroing feature 0 of one layer's output at every step."""
+    edited = None
+    # min_new_tokens: a random model may emit the end token early.
+    with lm.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False) as tracer:
+        for _ in tracer.iter[:steps]:
+            lm.transformer.h[0].mlp.output[..., 0] = 0
+            if check:
+                edited = save(lm.transformer.h[0].mlp.output)
+        ids = save(tracer.result)
+    return ids, edited
+
+
+def _hooked(hooks: Sequence[tuple[Any, Any]], call: Callable[[], Any]) -> Any:
+    """``call()`` with forward hooks that exist for this call only."""
+    handles = [target.register_forward_hook(hook) for target, hook in hooks]
+    try:
+        return call()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def plain_batch(module: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> Any:
+    """One padded batch of ``prompts`` through the model, no hooks.
+
+    Positions count from each prompt's first token, as both libraries make them, so
+    that a left-padded row gives what its prompt alone gives.
+    """
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return module(**batch, position_ids=positions)
+
+
+def hooks_batch(module: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> list[Any]:
+    """One padded batch with a hook keeping h[1].mlp's output; each prompt's rows."""
+    kept: list[torch.Tensor] = []
+    target = module.transformer.h[1].mlp
+
+    def keep(_m: Any, _a: Any, out: Any) -> None:
+        kept.append(out)
+
+    _hooked([(target, keep)], lambda: plain_batch(module, tokenizer, prompts))
+    return [kept[0][i : i + 1] for i in range(len(prompts))]
+
+
+def plain_generate(module: Any, tokenizer: Any, prompt: str, steps: int) -> Any:
+    """Greedy generation of exactly ``steps`` tokens, no hooks."""
+    ids = tokenizer(prompt, return_tensors="pt")
+    return module.generate(**ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+
+
+def hooks_generate(module: Any, tokenizer: Any, prompt: str, steps: int) -> Any:
+    """Generation with a hook zeroing feature 0 of h[0].mlp's output at every step."""
+
+    def edit(_m: Any, _a: Any, out: Any) -> None:
+        out[..., 0] = 0
+
+    target = module.transformer.h[0].mlp
+    return _hooked([(target, edit)], lambda: plain_generate(module, tokenizer, prompt, steps))
+
+
+def invokes_name(count: int) -> str:
+    """The scenario name of ``count`` invokes."""
+    return f"{count} invoke{'s' if count > 1 else ''}, one save each"
+
+
+def generate_name(steps: int) -> str:
+    """The scenario name of generating ``steps`` tokens."""
+    return f"generate {steps} tokens, an edit per step"
+
+
+LANGUAGE_SCENARIOS = (*map(invokes_name, INVOKES), *map(generate_name, STEPS))
+
+
+def build_language_variants(subject: LanguageSubject, libraries: list[Library]) -> list[Variant]:
+    """Make the invoke and generation variants and check each library's once.
+
+    Args:
+        subject: the language model, its tokenizer and prompts.
+        libraries: the tracing libraries to run (endoscope first).
+
+    Returns:
+        For every scenario, a ``plain`` variant (no hooks, what overhead is measured
+        from), a ``hooks`` variant (plain transformers with a hook doing the same
+        reads or writes) and one variant per library.
+    """
+    base, tokenizer, prompts = subject.module, subject.tokenizer, subject.prompts
+    variants: list[Variant] = []
+    reference: dict[str, Any] = {}
+    for count in INVOKES:
+        name, few = invokes_name(count), prompts[:count]
+        reference[name] = hooks_batch(base, tokenizer, few)
+        variants.append(Variant(name, "plain", _bind_hooks(plain_batch, base, tokenizer, few)))
+        variants.append(Variant(name, "hooks", _bind_hooks(hooks_batch, base, tokenizer, few)))
+    for steps in STEPS:
+        name = generate_name(steps)
+        reference[name] = hooks_generate(base, tokenizer, prompts[0], steps)
+        plain = plain_generate(base, tokenizer, prompts[0], steps)
+        _expect(reference[name].shape[-1] == plain.shape[-1], "hooks: generated a wrong length")
+        variants.append(
+            Variant(name, "plain", _bind_generate(plain_generate, base, subject, steps))
+        )
+        variants.append(
+            Variant(name, "hooks", _bind_generate(hooks_generate, base, subject, steps))
+        )
+
+    for library in libraries:
+        if library.language_model is None:
+            continue
+        try:
+            lm = library.language_model(copy.deepcopy(base), tokenizer)
+        except Exception as error:
+            for count in INVOKES:
+                variants.append(
+                    Variant(invokes_name(count), library.name, _none, "error", _error_text(error))
+                )
+            for steps in STEPS:
+                variants.append(
+                    Variant(generate_name(steps), library.name, _none, "error", _error_text(error))
+                )
+            continue
+        jobs: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
+            (invokes_name(count), trace_invokes, (lm, prompts[:count])) for count in INVOKES
+        ]
+        jobs += [(generate_name(steps), trace_generate, (lm, prompts[0], steps)) for steps in STEPS]
+        for name, fn, args in jobs:
+            variant = Variant(name, library.name, _bind_traced(fn, args, library.save))
+            try:
+                result = fn(*args, library.save, True)
+                if fn is trace_invokes:
+                    expected = reference[name]
+                    _expect(len(result) == len(expected), "wrong number of saved values")
+                    for got, want in zip(result, expected):
+                        _expect(_same(got, want), "an invoke's saved rows differ from the hooks'")
+                else:
+                    ids, edited = result
+                    _expect(_same(ids, reference[name]), "generated ids differ from the hooks'")
+                    _expect(
+                        edited is not None and bool((edited[..., 0] == 0).all()),
+                        "the edit did not reach the last step",
+                    )
+            except CheckFailed as error:
+                variant.status, variant.message = "wrong", str(error)
+            except Exception as error:
+                variant.status, variant.message = "error", _error_text(error)
+            variants.append(variant)
+    return variants
+
+
+def _none() -> None:
+    return None
+
+
+def _bind_generate(
+    fn: Callable[..., Any], module: torch.nn.Module, subject: LanguageSubject, steps: int
+) -> Callable[[], Any]:
+    def run() -> Any:
+        return fn(module, subject.tokenizer, subject.prompts[0], steps)
+
+    return run
+
+
+def _bind_traced(fn: Callable[..., Any], args: tuple[Any, ...], save: Callable) -> Callable:
+    def run() -> Any:
+        return fn(*args, save, False)
+
+    return run
+
+
 # -------------------------------------------------------------------- timing
 
 
-def time_variants(variants: list[Variant], rounds: int, warmup: int, seed: int = 0) -> None:
+def time_variants(
+    variants: list[Variant],
+    rounds: int,
+    warmup: int,
+    runs: int = 1,
+    seed: int = 0,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> None:
     """Run the working variants round-robin, shuffled per round, recording ns per call.
 
     Each timed call follows an untimed call of the same variant, so it never pays
     for state another variant left behind (invalidated type attribute caches, a
     different allocator pattern) but does pay for what its own previous run left.
+    ``runs`` repeats the whole timing (``rounds`` rounds each, in a different order)
+    and keeps each run's median, so a burst of load on a shared machine moves one
+    run's figure rather than the reported median of the runs. ``clock`` is wall
+    time by default; ``time.process_time_ns`` counts only this process's CPU time
+    (all its threads), which other processes on a busy machine do not inflate.
     """
     live = [v for v in variants if v.status == "ok"]
     for _ in range(warmup):
         for variant in live:
             variant.run()
-    gc.collect()
-    rng = random.Random(seed)
-    order = list(live)
-    clock = time.perf_counter_ns
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for variant in order:
-            run = variant.run
-            run()
-            start = clock()
-            run()
-            variant.times.append(clock() - start)
+    for number in range(runs):
+        gc.collect()
+        rng = random.Random(seed + number)
+        order = list(live)
+        for variant in live:
+            variant.times = []
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for variant in order:
+                run = variant.run
+                run()
+                start = clock()
+                run()
+                variant.times.append(clock() - start)
+        for variant in live:
+            variant.run_medians.append(statistics.median(variant.times) / 1e3)
 
 
 # ------------------------------------------------------------------- report
@@ -762,13 +1076,92 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}"
 
 
-def report(subject: Subject, variants: list[Variant], libraries: list[Library]) -> list[str]:
-    """Print the Markdown table for one model.
+@dataclass
+class Findings:
+    """What the verdict and the picture are made of, gathered over all models.
+
+    Attributes:
+        targets: ``(what, endoscope/other ratio or None, limit)`` per target checked.
+        series: panel title -> line label -> ``(x, overhead us)`` points.
+    """
+
+    targets: list[tuple[str, float | None, float]] = field(default_factory=list)
+    series: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
+
+    def point(self, panel: str, label: str, x: int, y: float | None) -> None:
+        """Add one point to a line of the picture (nothing when not measured)."""
+        if y is not None:
+            self.series.setdefault(panel, {}).setdefault(label, []).append((x, y))
+
+
+READS_PANEL = "reads (saves of module outputs)"
+INVOKES_PANEL = "invokes (one prompt, one save each)"
+STEPS_PANEL = "generated steps (an in-place edit each)"
+
+
+def _per_extra(first: float | None, last: float | None, extra: int) -> float | None:
+    """The cost of each of ``extra`` added units between two medians."""
+    return None if first is None or last is None else (last - first) / extra
+
+
+def _growth_table(
+    title: str,
+    unit: str,
+    rows: list[tuple[int, dict[str, float | None]]],
+    compare: list[str],
+    findings: Findings | None,
+    where: str,
+) -> None:
+    """Print the cost of each extra unit (read, invoke, step) and record its target.
+
+    Args:
+        title: what grows, e.g. ``"invoke"``.
+        unit: the plural, for the note.
+        rows: ``(units, {impl: median us})`` for the smallest and largest count.
+        compare: the other libraries.
+        findings: where the per-extra target's ratio goes (None: shown, not a target).
+        where: the model, for the verdict.
+    """
+    (low, first), (high, last) = rows[0], rows[-1]
+    extra = high - low
+    per = {impl: _per_extra(first.get(impl), last.get(impl), extra) for impl in first}
+    hooks = per.get("hooks")
+
+    def above(impl: str) -> float | None:
+        value = per.get(impl)
+        return None if value is None or hooks is None else value - hooks
+
+    columns = ["cost", "plain hooks us", "endoscope us", "above plain us"]
+    for name in compare:
+        columns += [f"{name} us", "above plain us", f"endo/{name} above plain"]
+    print(
+        f"\nCost of each extra {title} ({low} to {high} {unit}; 'above plain' subtracts "
+        "plain torch/transformers doing the same work):\n"
+    )
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
+    row = [f"per extra {title}", _fmt(hooks), _fmt(per.get("endoscope")), _fmt(above("endoscope"))]
+    for name in compare:
+        ratio = _ratio(above("endoscope"), above(name))
+        row += [_fmt(per.get(name)), _fmt(above(name)), ratio]
+        endo, other = above("endoscope"), above(name)
+        value = endo / other if endo is not None and other is not None and other > 0 else None
+        if findings is not None:
+            what = f"{where}: per extra {title}, endo/{name} above plain"
+            findings.targets.append((what, value, 0.5))
+    print("| " + " | ".join(row) + " |")
+
+
+def report(
+    subject: Subject, variants: list[Variant], libraries: list[Library], findings: Findings
+) -> list[str]:
+    """Print the Markdown tables for one model and record its targets and curves.
 
     Args:
         subject: the model benchmarked.
         variants: its timed variants.
         libraries: the libraries that ran (columns after endoscope's and the hooks').
+        findings: where the targets' ratios and the picture's points go.
 
     Returns:
         One note per variant that raised or gave a wrong result.
@@ -777,12 +1170,22 @@ def report(subject: Subject, variants: list[Variant], libraries: list[Library]) 
     plain = by_key[("plain forward", "plain")].median_us()
     compare = [lib.name for lib in libraries if lib.name != "endoscope"]
 
+    def median(variant: Variant | None) -> float | None:
+        return None if variant is None or variant.status != "ok" else variant.median_us()
+
     def overhead(variant: Variant | None) -> float | None:
-        if variant is None or variant.status != "ok":
+        value = median(variant)
+        if variant is None or value is None:
             return None
         baseline = BASELINES.get(variant.scenario)
         base = plain if baseline is None else by_key[(baseline, "plain")].median_us()
-        return variant.median_us() - base
+        return value - base
+
+    def machinery(scenario: str, impl: str) -> float | None:
+        """The scenario's time minus plain hooks doing the same reads and writes."""
+        value = median(by_key.get((scenario, impl)))
+        hooks = plain if scenario == "empty trace" else median(by_key.get((scenario, "hooks")))
+        return None if value is None or hooks is None else value - hooks
 
     notes: list[str] = []
 
@@ -800,11 +1203,13 @@ def report(subject: Subject, variants: list[Variant], libraries: list[Library]) 
     print(f"\n### {subject.description}")
     print(f"\nplain forward: {plain:,.1f} us (median)\n")
     columns = ["scenario", "endoscope us", "overhead us", "hooks us", "overhead us", "endo/hooks"]
+    columns += ["endo machinery us"]
     for name in compare:
         columns += [f"{name} us", "overhead us", f"endo/{name}"]
+        columns += [f"{name} machinery us", f"machinery endo/{name}"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
-    for scenario in SCENARIOS:
+    for scenario in (*SCENARIOS, *READ_COUNTS):
         endo = by_key.get((scenario, "endoscope"))
         hooks = by_key.get((scenario, "hooks"))
         row = [scenario, *cell(endo)]
@@ -813,14 +1218,47 @@ def report(subject: Subject, variants: list[Variant], libraries: list[Library]) 
             row += [_fmt(plain), "0.0", "n/a"]
         else:
             row += [*cell(hooks), _ratio(overhead(endo), overhead(hooks))]
+        row += [_fmt(machinery(scenario, "endoscope"))]
         for name in compare:
             other = by_key.get((scenario, name))
             row += [*cell(other), _ratio(overhead(endo), overhead(other))]
+            mine, theirs = machinery(scenario, "endoscope"), machinery(scenario, name)
+            row += [_fmt(theirs), _ratio(mine, theirs)]
+            if scenario in SCENARIOS:
+                ratio = mine / theirs if mine is not None and theirs and theirs > 0 else None
+                findings.targets.append(
+                    (
+                        f"{subject.name}: {scenario}, machinery endo/{name}",
+                        ratio,
+                        0.4 if scenario == "empty trace" else 0.5,
+                    )
+                )
         print("| " + " | ".join(row) + " |")
     if notes:
         print()
         for i, note in enumerate(notes, 1):
             print(f"[{i}] {note}")
+
+    reads = [(0, "empty trace"), *((n, s) for s, n in READ_COUNTS.items()), (12, "12 saves")]
+    for impl in ("hooks", "endoscope", *compare):
+        for count, scenario in reads:
+            value = (
+                0.0 if impl == "hooks" and count == 0 else overhead(by_key.get((scenario, impl)))
+            )
+            findings.point(READS_PANEL, f"{impl} ({subject.name})", count, value)
+    first, last = reads[1], reads[-1]
+    _growth_table(
+        "read",
+        "reads",
+        [
+            (n, {impl: median(by_key.get((s, impl))) for impl in ("hooks", "endoscope", *compare)})
+            for n, s in (first, last)
+        ],
+        compare,
+        None,  # the cost per extra read is shown, not a target of the issue
+        subject.name,
+    )
+
     floors = [(s, overhead(by_key.get((s, "floor")))) for s in FLOOR_KINDS]
     if any(value is not None for _, value in floors):
         print(
@@ -846,18 +1284,149 @@ def report(subject: Subject, variants: list[Variant], libraries: list[Library]) 
                 room = half - value if half is not None and value is not None else None
                 row += [_fmt(half), _fmt(room)]
             print("| " + " | ".join(row) + " |")
-    for name in compare:
-        ratios = [
-            (s, overhead(by_key.get((s, "endoscope"))), overhead(by_key.get((s, name))))
-            for s in SCENARIOS
-        ]
-        measured = [(s, e / o) for s, e, o in ratios if e is not None and o is not None and o > 0]
-        missed = [f"{s} ({r:.2f})" for s, r in measured if r > 0.5]
-        print(
-            f"\nendo/{name} target <= 0.5: {len(measured) - len(missed)} of {len(measured)} "
-            f"measured scenarios met" + (f"; missed: {', '.join(missed)}" if missed else "")
-        )
     return notes
+
+
+def report_language(
+    subject: LanguageSubject, variants: list[Variant], libraries: list[Library], findings: Findings
+) -> list[str]:
+    """Print the invokes and generation tables and record their targets and curves.
+
+    Args:
+        subject: the language model benchmarked.
+        variants: its timed variants.
+        libraries: the libraries that ran.
+        findings: where the targets' ratios and the picture's points go.
+
+    Returns:
+        One note per variant that raised or gave a wrong result.
+    """
+    by_key = {(v.scenario, v.impl): v for v in variants}
+    compare = [lib.name for lib in libraries if lib.name != "endoscope"]
+    impls = ("hooks", "endoscope", *compare)
+
+    def median(scenario: str, impl: str) -> float | None:
+        variant = by_key.get((scenario, impl))
+        return None if variant is None or variant.status != "ok" else variant.median_us()
+
+    notes: list[str] = []
+    print(f"\n### {subject.description}\n")
+    print(
+        "'plain' is plain transformers without hooks (one padded batch of the invokes' "
+        "prompts, or `generate`); 'hooks' adds a forward hook doing the same read or edit; "
+        "machinery = time minus hooks.\n"
+    )
+    columns = ["scenario", "plain us", "hooks us", "endoscope us", "endo machinery us"]
+    for name in compare:
+        columns += [f"{name} us", f"{name} machinery us", f"machinery endo/{name}"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
+
+    def cell(scenario: str, impl: str) -> str:
+        variant = by_key.get((scenario, impl))
+        if variant is None:
+            return "—"
+        if variant.status != "ok":
+            notes.append(f"{impl} / {scenario}: {variant.status}: {variant.message}")
+            label = "unavailable" if variant.status == "error" else "WRONG"
+            return f"{label} [{len(notes)}]"
+        return _fmt(variant.median_us())
+
+    def machinery(scenario: str, impl: str) -> float | None:
+        value, hooks = median(scenario, impl), median(scenario, "hooks")
+        return None if value is None or hooks is None else value - hooks
+
+    names = [(INVOKES_PANEL, n, invokes_name(n)) for n in INVOKES]
+    names += [(STEPS_PANEL, n, generate_name(n)) for n in STEPS]
+    for panel, count, scenario in names:
+        plain = median(scenario, "plain")
+        row = [scenario, _fmt(plain), _fmt(median(scenario, "hooks")), cell(scenario, "endoscope")]
+        row += [_fmt(machinery(scenario, "endoscope"))]
+        for name in compare:
+            mine, theirs = machinery(scenario, "endoscope"), machinery(scenario, name)
+            row += [cell(scenario, name), _fmt(theirs), _ratio(mine, theirs)]
+        print("| " + " | ".join(row) + " |")
+        for impl in impls:
+            value = median(scenario, impl)
+            overhead = None if value is None or plain is None else value - plain
+            findings.point(panel, impl, count, overhead)
+    if notes:
+        print()
+        for i, note in enumerate(notes, 1):
+            print(f"[{i}] {note}")
+    for title, unit, counts, name_of in (
+        ("invoke", "invokes", INVOKES, invokes_name),
+        ("generated step", "steps", STEPS, generate_name),
+    ):
+        ends = (counts[0], counts[-1])
+        rows = [(n, {impl: median(name_of(n), impl) for impl in impls}) for n in ends]
+        _growth_table(title, unit, rows, compare, findings, "gpt2")
+    return notes
+
+
+def print_verdict(findings: Findings) -> None:
+    """Print which targets are met: machinery at most half (empty trace 0.4) of the other's."""
+    if not findings.targets:
+        return
+    print(
+        "\n## Verdict\n\nTargets: machinery overhead (time minus plain hooks doing the same "
+        "work) at most 0.5 of the other library's in every scenario, the empty trace at most "
+        "0.4; the cost per extra invoke and per extra generated step above plain at most 0.5 "
+        "of the other's.\n"
+    )
+    met = [(what, r, limit) for what, r, limit in findings.targets if r is not None and r <= limit]
+    missed = [
+        (what, r, limit) for what, r, limit in findings.targets if r is not None and r > limit
+    ]
+    unmeasured = [what for what, r, _ in findings.targets if r is None]
+    print(f"met {len(met)} of {len(met) + len(missed)} measured targets")
+    for what, r, limit in missed:
+        print(f"- missed: {what} = {r:.2f} (target <= {limit})")
+    for what in unmeasured:
+        print(f"- not measured: {what} (a side raised, or the other's figure is not positive)")
+
+
+def plot(findings: Findings, path: str) -> str:
+    """Write the overhead-growth picture to ``path``; returns what happened, for the log."""
+    if not findings.series:
+        return "no picture: nothing was measured"
+    try:
+        import matplotlib
+    except ImportError as error:
+        return f"no picture: matplotlib is not importable ({error}); pip install matplotlib"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in (READS_PANEL, INVOKES_PANEL, STEPS_PANEL) if p in findings.series]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    styles = {"hooks": ("tab:gray", "s"), "endoscope": ("tab:blue", "o")}
+    for axis, panel in zip(axes[0], panels):
+        for label, points in sorted(findings.series[panel].items()):
+            impl = label.split(" ")[0]
+            color, marker = styles.get(impl, ("tab:orange", "^"))
+            xs, ys = zip(*sorted(points))
+            linestyle = "--" if "(gpt2)" in label else "-"
+            axis.plot(
+                xs,
+                [y / 1e3 for y in ys],
+                marker=marker,
+                color=color,
+                linestyle=linestyle,
+                label=label,
+            )
+        axis.set_title(panel, fontsize=10)
+        axis.set_xlabel("count")
+        axis.set_ylabel("overhead over plain, ms (median)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle("endoscope overhead growth (plain hooks = the same work in plain torch)")
+    figure.tight_layout()
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return f"picture written to {path}"
 
 
 # ---------------------------------------------------------------------- main
@@ -887,14 +1456,43 @@ def _load_nnsight() -> Library | str:
         pass
     version = getattr(nnsight, "__version__", "?")
     print(f"nnsight {version} from {nnsight.__file__}")
-    return Library("nnsight", nnsight.NNsight, nnsight.save)
+
+    def language_model(module: torch.nn.Module, tokenizer: Any) -> Any:
+        import warnings
+
+        with warnings.catch_warnings():
+            # 0.8.1 calls LanguageModel deprecated in favour of a hub-id-only class.
+            warnings.simplefilter("ignore")
+            return nnsight.LanguageModel(module, tokenizer=tokenizer)
+
+    return Library("nnsight", nnsight.NNsight, nnsight.save, language_model)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
-    parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 300)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed rounds per run (default 100, quick 2)"
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="timing runs; each figure is the median of the runs' medians (default 3, quick 1)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a shared, busy machine)",
+    )
+    parser.add_argument(
+        "--plot",
+        default=os.path.join("benchmarks", "out", "overhead.png"),
+        help="where to write the overhead-growth PNG (default benchmarks/out/overhead.png; "
+        "'' for none)",
+    )
     parser.add_argument(
         "--scheduler",
         choices=("greenlet", "thread"),
@@ -906,9 +1504,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        choices=("all", "mlp", "gpt2"),
+        choices=("all", "mlp", "gpt2", "lm"),
         default="all",
-        help="which model to benchmark",
+        help="which model to benchmark (lm: the invokes and generation scenarios)",
     )
     return parser.parse_args(argv)
 
@@ -924,8 +1522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raised, else 0.
     """
     args = parse_args(argv)
-    rounds = args.reps if args.reps is not None else (5 if args.quick else 300)
-    warmup = 1 if args.quick else 20
+    rounds = args.reps if args.reps is not None else (2 if args.quick else 100)
+    warmup = 1 if args.quick else 10
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     torch.set_num_threads(1)
     scheduler = args.scheduler or endoscope_envoy.CONFIG.scheduler
 
@@ -933,13 +1532,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\npython {platform.python_version()}, torch {torch.__version__}, "
         f"endoscope-envoy {endoscope_envoy.__version__}, scheduler {scheduler}, "
-        f"{torch.get_num_threads()} torch thread, {rounds} rounds after {warmup} warm-up"
+        f"{torch.get_num_threads()} torch thread, medians of {runs} runs of {rounds} "
+        f"rounds after {warmup} warm-up, {args.clock} clock"
     )
+    clock = time.perf_counter_ns if args.clock == "wall" else time.process_time_ns
+
+    def language_model(module: torch.nn.Module, tokenizer: Any) -> Any:
+        import endoscope
+
+        return endoscope.LanguageModel(module, tokenizer=tokenizer, scheduler=args.scheduler)
+
     libraries = [
         Library(
             "endoscope",
             lambda module: endoscope_envoy.NNsight(module, scheduler=args.scheduler),
             endoscope_envoy.save,
+            language_model,
         )
     ]
     if args.compare == "nnsight":
@@ -959,16 +1567,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             subjects.append(gpt2)
 
+    language: LanguageSubject | None = None
+    if args.model in ("all", "lm"):
+        built = build_language()
+        if isinstance(built, str):
+            print(f"\nnote: invokes and generation skipped: {built}")
+        else:
+            language = built
+
     failed = False
+    findings = Findings()
+    timed: list[list[Variant]] = []
     for subject in subjects:
         variants = build_variants(subject, libraries)
-        time_variants(variants, rounds, warmup)
-        report(subject, variants, libraries)
+        time_variants(variants, rounds, warmup, runs, clock=clock)
+        report(subject, variants, libraries, findings)
+        timed.append(variants)
+    if language is not None:
+        variants = build_language_variants(language, libraries)
+        time_variants(variants, rounds, warmup, runs, clock=clock)
+        report_language(language, variants, libraries, findings)
+        timed.append(variants)
+    print_verdict(findings)
+    if args.plot:
+        print(f"\n{plot(findings, args.plot)}")
+    for variants in timed:
         for variant in variants:
             if variant.impl != "endoscope":
                 continue
             if variant.status == "wrong" or (
-                variant.status == "error" and variant.scenario in CORE
+                variant.status == "error"
+                and (variant.scenario in CORE or variant.scenario in LANGUAGE_SCENARIOS)
             ):
                 failed = True
     if failed:

@@ -138,6 +138,19 @@ def test_ragged_token_id_lists(lm, gpt2, tokenizer):
         )
 
 
+def test_equal_length_token_id_lists_are_one_long_tensor(lm, gpt2, tokenizer):
+    # Rows of one length take the one-tensor path (no padding); the result must
+    # match a tensor of the same ids and the model's own logits.
+    rows = [ids_of(tokenizer, PROMPT)] * 2
+    with lm.trace(rows):
+        ids = lm.input.save()
+        logits = lm.lm_head.output.save()
+    assert ids.dtype == torch.long and torch.equal(ids, torch.tensor(rows))
+    with torch.no_grad():
+        expected = gpt2(torch.tensor(rows)).logits
+    assert torch.equal(logits, expected)
+
+
 def test_tokenizer_was_given_a_pad_token(lm, tokenizer):
     assert lm.tokenizer is tokenizer
     assert tokenizer.pad_token == tokenizer.eos_token

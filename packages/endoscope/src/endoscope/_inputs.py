@@ -119,7 +119,14 @@ def _as_rows(value: Any, name: str) -> list[torch.Tensor]:
 
 
 def _batched_tensor(name: str, value: Any) -> torch.Tensor | None:
-    """``value`` as a ``[rows, length, ...]`` tensor if it is a tensor, else ``None``."""
+    """``value`` as a ``[rows, length, ...]`` tensor if it is a tensor or rows of
+    token ids all of one length (a tokenizer's output for one prompt), else ``None``."""
+    if isinstance(value, (list, tuple)) and value and name != "inputs_embeds":
+        # One tensor call, not one per row and a padded copy.
+        length = len(value[0]) if isinstance(value[0], (list, tuple)) else -1
+        if all(_is_int_sequence(row) and len(row) == length for row in value):
+            return torch.tensor(value, dtype=torch.long)
+        return None
     if not isinstance(value, torch.Tensor):
         return None
     if value.dim() == 0:
