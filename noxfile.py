@@ -320,11 +320,15 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none", default=False)
 def bench(session: nox.Session) -> None:
-    """Run the overhead benchmark (options after ``--``, e.g. ``--quick``)."""
+    """Run the overhead benchmark against nnsight 0.8.1 and plain torch hooks.
+
+    Writes the picture to ``benchmarks/out/overhead.png``; options after ``--``
+    replace the defaults (``--compare nnsight --clock cpu``), e.g. ``--quick``.
+    """
+    args = session.posargs or ["--compare", "nnsight", "--clock", "cpu"]
     session.run(
-        _torch_python(session), str(ROOT / "benchmarks" / "overhead.py"), *session.posargs,
-        external=True,
-    )  # fmt: skip
+        _torch_python(session), str(ROOT / "benchmarks" / "overhead.py"), *args, external=True
+    )
 
 
 @nox.session(venv_backend="none", default=False)
