@@ -362,6 +362,11 @@ class Tracer:
         if not warn:
             return
         globals_ = frame.f_globals
+        # module_globals lets the warning show the line from a loader's source; 3.12+
+        # refuses globals whose __spec__ has no loader (IPython's user namespace), and
+        # those lines come from linecache anyway.
+        loader = globals_.get("__loader__") or getattr(globals_.get("__spec__"), "loader", None)
+        module_globals = globals_ if loader is not None else None
         for name, line in reassigned:
             warnings.warn_explicit(
                 reassigned_message(name),
@@ -370,7 +375,7 @@ class Tracer:
                 line,
                 module=globals_.get("__name__", info.filename),
                 registry=globals_.setdefault("__warningregistry__", {}),
-                module_globals=globals_,
+                module_globals=module_globals,
             )
 
     def _require_info(self) -> TracerInfo:

@@ -78,15 +78,18 @@ class UnsavedName:
             f"inside the block ({name} = ....save(), or save(...)).",
         )
 
-    def __getattribute__(self, attribute: str) -> Any:
+    # The raising frames never call the placeholder `self`: Python 3.12's traceback
+    # printer tries hasattr(self, name) on a NameError's innermost frame's `self`,
+    # which would raise again while the first error is being printed.
+    def __getattribute__(placeholder, attribute: str) -> Any:
         __tracebackhide__ = True
         if attribute in _PASS_THROUGH:
-            return object.__getattribute__(self, attribute)
-        message = object.__getattribute__(self, "_message")
+            return object.__getattribute__(placeholder, attribute)
+        message = object.__getattribute__(placeholder, "_message")
         if attribute.startswith("__") and attribute.endswith("__"):
             # A tool probing for a protocol (hasattr(x, "__wrapped__")), not the user.
             raise AttributeError(message)
-        raise NameError(message, name=object.__getattribute__(self, "_name"))
+        raise NameError(message, name=object.__getattribute__(placeholder, "_name"))
 
     @classmethod
     def __torch_function__(
@@ -117,10 +120,11 @@ def _items(values: Any) -> list[Any]:
     return found
 
 
-def _raise(self: UnsavedName, *args: Any, **kwargs: Any) -> NoReturn:
+def _raise(placeholder: UnsavedName, *args: Any, **kwargs: Any) -> NoReturn:
     __tracebackhide__ = True
     raise NameError(
-        object.__getattribute__(self, "_message"), name=object.__getattribute__(self, "_name")
+        object.__getattribute__(placeholder, "_message"),
+        name=object.__getattribute__(placeholder, "_name"),
     )
 
 
