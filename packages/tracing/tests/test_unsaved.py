@@ -250,8 +250,9 @@ def test_nested_blocks_report_the_inner_line() -> None:
         inner + 1
 
 
-def test_deferred_bodies_are_settled_by_their_finished_parent() -> None:
-    # The envoy's invokes: compiled while the parent body runs, run after it.
+def deferring_backends() -> tuple[Any, Any]:
+    """Backends as the envoy's invokes use them: ``defer`` compiles a child body
+    while its parent runs; ``run_then_drain`` runs the parent, then the children."""
     deferred: list[tuple[Tracer, Any]] = []
 
     def defer(tracer: Tracer) -> None:
@@ -262,6 +263,12 @@ def test_deferred_bodies_are_settled_by_their_finished_parent() -> None:
         for child, fn in deferred:
             child.execute(fn)
 
+    return defer, run_then_drain
+
+
+def test_deferred_bodies_are_settled_by_their_finished_parent() -> None:
+    # The envoy's invokes: compiled while the parent body runs, run after it.
+    defer, run_then_drain = deferring_backends()
     before = "old"
     with pytest.warns(UnsavedValueWarning) as caught:
         with Tracer(backend=run_then_drain):
@@ -276,16 +283,7 @@ def test_deferred_bodies_are_settled_by_their_finished_parent() -> None:
 
 
 def test_a_later_unsaved_assignment_of_a_saved_name_warns() -> None:
-    deferred: list[tuple[Tracer, Any]] = []
-
-    def defer(tracer: Tracer) -> None:
-        deferred.append((tracer, tracer.compile()))
-
-    def run_then_drain(tracer: Tracer) -> None:
-        tracer.execute(tracer.compile())
-        for child, fn in deferred:
-            child.execute(fn)
-
+    defer, run_then_drain = deferring_backends()
     with pytest.warns(UnsavedValueWarning, match="'shared'"):
         with Tracer(backend=run_then_drain):
             with Tracer(backend=defer):
