@@ -50,6 +50,35 @@ def test_python_dash_c(run_python) -> None:
     assert unsaved_hint("<string>") in result.stdout
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("-W", "ignore"),
+        ("-Wignore",),
+        ("-X", "dev", "-W", "error::DeprecationWarning"),
+        ("-B", "-q"),
+        ("--check-hash-based-pycs", "default"),
+    ],
+)
+def test_python_dash_c_after_other_options(run_python, options) -> None:
+    result = run_python(*options, source=SNIPPET)
+    assert result.returncode == 0, result.stderr
+    assert "answer 42" in result.stdout
+
+
+@pytest.mark.parametrize("flags", ["-Bc", "-qBc"])
+def test_python_dash_c_combined_with_flags(run_python, flags) -> None:
+    result = run_python(flags, textwrap.dedent(SNIPPET))
+    assert result.returncode == 0, result.stderr
+    assert "answer 42" in result.stdout
+
+
+def test_python_dash_c_glued_to_its_code(run_python) -> None:
+    result = run_python("-c" + textwrap.dedent(SNIPPET))
+    assert result.returncode == 0, result.stderr
+    assert "answer 42" in result.stdout
+
+
 def test_python_dash_c_in_a_function(run_python) -> None:
     result = run_python(
         source="""

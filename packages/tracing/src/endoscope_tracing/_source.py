@@ -68,17 +68,42 @@ read_source = SourceReader()
 
 
 def _command_line_source() -> str | None:
-    """The CODE of ``python -c CODE``, if this process was started that way."""
+    """The CODE of ``python -c CODE``, if this process was started that way.
+
+    Reads the interpreter's options as CPython does: flags may be combined
+    (``-Bc CODE``, ``-cCODE``), ``-W`` and ``-X`` take an argument (``-W ignore``,
+    ``-Wignore``), and a script, ``-m`` or ``-`` before any ``-c`` means no -c.
+    """
     argv = getattr(sys, "orig_argv", None) or []
-    # Options may come before -c (python -X dev -c ...); the first -c wins.
-    for index, arg in enumerate(argv[1:], start=1):
-        if arg == "-c" and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
-            return arg[2:]
-        if arg == "-" or not arg.startswith("-"):
-            return None  # a script or stdin comes first: no -c
+    index = 1
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        if arg == "-" or arg == "--" or not arg.startswith("-"):
+            return None  # stdin or a script comes first: no -c
+        if arg.startswith("--"):
+            if arg in _LONG_OPTIONS_WITH_ARGUMENT:
+                index += 1
+            continue
+        flags = arg[1:]
+        for position, flag in enumerate(flags):
+            rest = flags[position + 1 :]
+            if flag == "c":
+                if rest:
+                    return rest
+                return argv[index] if index < len(argv) else None
+            if flag == "m":
+                return None
+            if flag in _OPTIONS_WITH_ARGUMENT:
+                if not rest:
+                    index += 1  # the argument is the next word
+                break  # the rest of this word is the argument
     return None
+
+
+# CPython's options that take an argument (the -c and -m forms are handled apart).
+_OPTIONS_WITH_ARGUMENT = frozenset("WX")
+_LONG_OPTIONS_WITH_ARGUMENT = frozenset({"--check-hash-based-pycs"})
 
 
 def _console_source(frame: FrameType) -> str | None:
