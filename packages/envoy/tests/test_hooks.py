@@ -38,7 +38,7 @@ def test_second_run_of_a_call_site_starts_with_its_wrappers(net, x, no_leftovers
     second, out_second = trace_reading(model, x, 1)
     assert first == []  # nothing wrapped before the first read
     # The module read and its ancestors, before the forward starts.
-    assert second == ["<root>", "layers", "layers.1"]
+    assert second == ["<root>", "layers.1"]  # a ModuleList never runs: not wrapped
     expected = expected_block(net, x, 1)
     assert torch.equal(out_first, expected)
     assert torch.equal(out_second, expected)
@@ -50,7 +50,7 @@ def test_a_loop_over_layers_warms_every_layer_it_read(net, x, no_leftovers) -> N
         _, out = trace_reading(model, x, index)
         assert torch.equal(out, expected_block(net, x, index))
     at_start, out = trace_reading(model, x, 0)
-    assert at_start == ["<root>", "layers", "layers.0", "layers.1", "layers.2"]
+    assert at_start == ["<root>", "layers.0", "layers.1", "layers.2"]
     assert torch.equal(out, expected_block(net, x, 0))
 
 
@@ -131,12 +131,12 @@ def test_a_module_class_whose_forward_changed_is_not_lent(net, x, no_leftovers) 
         cls.forward = original
     # No layer is lent its old wrapper (it wraps the old forward), yet the read
     # is served, by a wrapper around the patched one; the rest stay warm.
-    assert at_start == ["<root>", "layers"]
+    assert at_start == ["<root>"]
     assert torch.equal(out, patched)
     assert not torch.equal(patched, expected_block(net, x, 1))
     # The class is back: the next run lends every warm wrapper again.
     at_start, out = trace_reading(model, x, 1)
-    assert at_start == ["<root>", "layers", "layers.1"]
+    assert at_start == ["<root>", "layers.1"]
     assert torch.equal(out, expected_block(net, x, 1))
 
 
@@ -150,12 +150,47 @@ def test_a_module_with_its_own_instance_forward_stays_warm(net, x, no_leftovers)
         for _ in range(3):
             at_start, out = trace_reading(model, x, 1)
             assert torch.equal(out, expected_block(net, x, 1))
-        assert at_start == ["<root>", "layers", "layers.1"]
+        assert at_start == ["<root>", "layers.1"]
         # Returned after every run: the instance forward is the library's again.
         assert wrapped(net) == []
         assert torch.equal(layer(torch.ones(1, 8)), own(torch.ones(1, 8)) + 1)
     finally:
         del layer.forward
+
+
+def test_a_container_that_runs_is_wrapped_as_an_ancestor(x, no_leftovers) -> None:
+    # A ModuleList is never called, so it is no ancestor a read can find running;
+    # a subclass with its own forward is called, and a read of its output after a
+    # child's (while it runs) needs its wrapper in place from its call's start.
+    class Stack(torch.nn.ModuleList):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            for layer in self:
+                h = torch.relu(layer(h))
+            return h
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack = Stack(torch.nn.Linear(8, 8) for _ in range(2))
+            self.plain = torch.nn.ModuleList([torch.nn.Linear(8, 8)])
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return self.plain[0](self.stack(h))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    h = torch.randn(2, 8)
+    model = NNsight(net)
+    for _ in range(3):  # cold, then warm
+        with model.trace(h):
+            at_start = save(wrapped(net))
+            first = model.stack[0].output.save()
+            whole = model.stack.output.save()
+            last = model.plain[0].output.save()
+    assert at_start == ["<root>", "stack", "stack.0", "plain.0"]
+    assert torch.equal(first, net.stack[0](h))
+    assert torch.equal(whole, net.stack(h))
+    assert torch.equal(last, net(h))
 
 
 def test_serve_module_wraps_a_module_before_any_read(net, x, no_leftovers) -> None:

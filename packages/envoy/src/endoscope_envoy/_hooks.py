@@ -401,6 +401,8 @@ def run_forward(
         if found is not None:
             return found  # another Envoy of this module (an edited copy's) asked first
     parent = envoy._parent if ancestors else None
+    while parent is not None and _never_runs(parent._module):
+        parent = parent._parent
     if parent is not None:
         above = parent.__dict__.get(ENVOY_WRAPPER_ATTR)
         if (above is None or above.run.interleaver is not interleaver) and (
@@ -423,6 +425,17 @@ def run_forward(
         wrapper = _installed(module, interleaver)  # a one-run wrapper (see _install)
         assert wrapper is not None
     return wrapper
+
+
+def _never_runs(module: Any) -> bool:
+    """Whether ``module`` is a container that is never called (a ``ModuleList`` or
+    ``ModuleDict``: torch's placeholder forward, no instance forward). It is never
+    running when a child is read, so the ancestors' wrappers skip it: one wrapper
+    less to lend and return per trace of a transformer's layer."""
+    return type(module).forward is _FORWARD_UNIMPLEMENTED and "forward" not in module.__dict__
+
+
+_FORWARD_UNIMPLEMENTED = torch.nn.Module.forward
 
 
 def serve_module(envoy: Envoy, *, ancestors: bool = True) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, overload
 
@@ -39,6 +39,12 @@ class _ClassEnvoys:
 
 _CLASS_ENVOYS: Any = _ClassEnvoys()
 
+
+_SCHEDULER_CLASSES: dict[str, Callable[[], Scheduler]] = {
+    "greenlet": GreenletScheduler,
+    "thread": ThreadScheduler,
+}
+_SCHEDULERS: dict[str, Scheduler] = {}
 
 class NNsight(Envoy):
     """Wraps any ``torch.nn.Module`` for tracing.
@@ -177,11 +183,13 @@ class NNsight(Envoy):
     def _make_scheduler(self) -> Scheduler:
         choice = self._scheduler_choice if self._scheduler_choice is not None else CONFIG.scheduler
         if isinstance(choice, str):
-            if choice == "thread":
-                return ThreadScheduler()
-            if choice == "greenlet":
-                return GreenletScheduler()
-            raise ValueError(f"unknown scheduler {choice!r}: use 'greenlet' or 'thread'")
+            scheduler = _SCHEDULERS.get(choice)
+            if scheduler is None:
+                if choice not in _SCHEDULER_CLASSES:
+                    raise ValueError(f"unknown scheduler {choice!r}: use 'greenlet' or 'thread'")
+                # Stateless (their workers hold the state): one of each serves every trace.
+                scheduler = _SCHEDULERS[choice] = _SCHEDULER_CLASSES[choice]()
+            return scheduler
         return choice
 
     # ------------------------------------------------------------------ traces

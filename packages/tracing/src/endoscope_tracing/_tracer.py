@@ -86,6 +86,10 @@ class ExecutionBackend:
         return tracer.execute(tracer.compile())
 
 
+# Stateless: one serves every tracer that brings no backend of its own.
+_EXECUTE = ExecutionBackend()
+
+
 class Tracer:
     """Captures the body of the ``with`` block it opens and runs it as a function.
 
@@ -115,7 +119,7 @@ class Tracer:
     def __init__(self, *args: Any, backend: Backend | None = None, **kwargs: Any) -> None:
         self.args = args
         self.kwargs = kwargs
-        self.backend: Backend = backend if backend is not None else ExecutionBackend()
+        self.backend: Backend = backend if backend is not None else _EXECUTE
         self.info: TracerInfo | None = None
         self.parent: Tracer | None = None
         self._entered: Any = self
