@@ -46,6 +46,7 @@ _SCHEDULER_CLASSES: dict[str, Callable[[], Scheduler]] = {
 }
 _SCHEDULERS: dict[str, Scheduler] = {}
 
+
 class NNsight(Envoy):
     """Wraps any ``torch.nn.Module`` for tracing.
 

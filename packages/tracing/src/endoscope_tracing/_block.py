@@ -542,10 +542,14 @@ class CapturedBlock:
             assigned.isdisjoint(reader.names) and assigned.isdisjoint(reader._globals_declared)
         )
 
+    @property
+    def pulled_candidates(self) -> tuple[str, ...]:
+        """The body's names the caller may have bound (see :meth:`pulled_names`)."""
+        return self.names if self.static_locals is None else self.static_locals
+
     def pulled_names(self, namespace: Mapping[str, Any]) -> tuple[str, ...]:
         """Which of the body's names the caller has bound right now."""
-        candidates = self.names if self.static_locals is None else self.static_locals
-        return tuple(name for name in candidates if name in namespace)
+        return tuple(name for name in self.pulled_candidates if name in namespace)
 
     def assignment_line(self, name: str) -> int | None:
         """The first line of the body that binds ``name``, if any (for messages)."""

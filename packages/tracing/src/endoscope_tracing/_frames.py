@@ -22,6 +22,7 @@ import dis
 import sys
 import weakref
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import CodeType, FrameType
 from typing import Any
 
@@ -152,11 +153,32 @@ else:
 
 def _pass_through(previous: Any) -> Any:
     """A global trace function that leaves new frames to whatever traced before."""
+    if previous is None:
+        return _untraced
 
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
-        return previous(frame, event, arg) if previous is not None else None
+        return previous(frame, event, arg)
 
     return trace
+
+
+def _untraced(frame: FrameType, event: str, arg: Any) -> None:
+    """The global trace function while a body is skipped with no tracer around: new
+    frames get no trace function."""
+    return None
+
+
+def _leave(frame: FrameType, event: str, arg: Any) -> Any:
+    """The frame trace function that skips a ``with`` body: its first event raises.
+    (Opcode events off first; :func:`_restore` puts back what the frame had.)"""
+    frame.f_trace_opcodes = False
+    raise ExitTracingException()
+
+
+def _restore(frame: FrameType, local: Any, opcodes: bool, global_: Any) -> None:
+    frame.f_trace = local
+    frame.f_trace_opcodes = opcodes
+    sys.settrace(global_)
 
 
 def skip_body(frame: FrameType) -> Callable[[], None]:
@@ -168,20 +190,10 @@ def skip_body(frame: FrameType) -> Callable[[], None]:
     raises, so the previous one is put back there, not here.
     """
     previous_global = sys.gettrace()
-    previous_local = frame.f_trace
-    previous_opcodes = frame.f_trace_opcodes
-
-    def leave(traced: FrameType, event: str, arg: Any) -> Any:
-        traced.f_trace_opcodes = previous_opcodes
-        raise ExitTracingException()
-
-    def restore() -> None:
-        frame.f_trace = previous_local
-        frame.f_trace_opcodes = previous_opcodes
-        sys.settrace(previous_global)
-
+    # A partial of module-level functions: no closure cells to make per trace.
+    restore = partial(_restore, frame, frame.f_trace, frame.f_trace_opcodes, previous_global)
     frame.f_trace_opcodes = True
-    frame.f_trace = leave
+    frame.f_trace = _leave
     # Frame-level trace functions only fire while a global one is set.
     sys.settrace(_pass_through(previous_global))
     return restore

@@ -222,7 +222,7 @@ class Tracer:
             cache_key=(id(code), offset),
             block=block,
         )
-        self.parent = next((t for t in reversed(_RUNNING.get()) if t._body_code is code), None)
+        self.parent = _running_body(code)
         return self.info
 
     def parse(self, source_lines: list[str], frame: FrameType) -> CapturedBlock:
@@ -255,11 +255,14 @@ class Tracer:
         """
         info = self._require_info()
         namespace = self.pull()
-        names = info.block.pulled_names(namespace)
-        # A placeholder left by an earlier block stands for an unbound name.
-        names = tuple(name for name in names if not isinstance(namespace[name], UnsavedName))
-        self._pulled = {name: namespace[name] for name in names}
-        return info.block.function(names, self._function_globals(), self.guarded_reads())
+        pulled = {}
+        for name in info.block.pulled_candidates:
+            value = namespace.get(name, _ABSENT)
+            # A placeholder left by an earlier block stands for an unbound name.
+            if value is not _ABSENT and not isinstance(value, UnsavedName):
+                pulled[name] = value
+        self._pulled = pulled
+        return info.block.function(tuple(pulled), self._function_globals(), self.guarded_reads())
 
     def guarded_reads(self) -> frozenset[str]:
         """Extension point: names whose reads in the body call :meth:`before_read` first.
@@ -391,6 +394,16 @@ class Tracer:
 
 
 _ABSENT = object()
+
+
+def _running_body(code: CodeType) -> Tracer | None:
+    """The innermost running tracer whose compiled body is ``code``, if any."""
+    running = _RUNNING.get()
+    if running:  # only inside a traced block: outside, no loop at all
+        for tracer in reversed(running):
+            if tracer._body_code is code:
+                return tracer
+    return None
 
 
 def _new_site_entry(code: CodeType) -> tuple[weakref.ref[CodeType], dict[Any, CapturedBlock]]:
