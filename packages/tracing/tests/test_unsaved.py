@@ -136,6 +136,22 @@ def test_a_loop_of_blocks_never_warns_and_later_blocks_do_not_see_the_placeholde
     assert isinstance(partial, UnsavedName)
 
 
+def test_one_placeholder_per_call_site_and_name_written_with_the_saved_values() -> None:
+    placeholders = []
+    for step in range(3):
+        with Tracer():
+            kept = save([step])
+            scratch = [step * 2]
+        placeholders.append(scratch)
+        assert kept == [step]  # the saved value and the placeholder land together
+    # Made once per call site and name: later runs reuse it (nothing to format or
+    # write when the frame holds it already).
+    assert all(p is placeholders[0] for p in placeholders)
+    assert isinstance(scratch, UnsavedName)
+    with pytest.raises(NameError, match="'scratch' was assigned inside the traced block"):
+        scratch + 1
+
+
 def test_a_failing_block_binds_placeholders_without_warnings() -> None:
     before = "old"
     with no_warnings(), pytest.raises(ZeroDivisionError):

@@ -440,6 +440,9 @@ class CapturedBlock:
     _compiled: dict[tuple[tuple[str, ...], frozenset[str]], CodeType] = field(
         default_factory=dict, repr=False
     )
+    #: Per name, the placeholder that stands for it after the block when unsaved
+    #: (made once: the same object every run, see Tracer.push).
+    placeholders: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_source(

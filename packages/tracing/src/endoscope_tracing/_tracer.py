@@ -127,8 +127,11 @@ class Tracer:
         self._body_code: CodeType | None = None
         self._running = False
         self._restore_trace: Callable[[], None] | None = None
-        # Variables the body assigned and push did not write to the user's frame.
+        # Variables the body assigned and push did not write to the user's frame
+        # (they had a value before: warned about), and whether push bound a
+        # placeholder for one that had none.
         self._unsaved: dict[str, None] = {}
+        self._placeheld = False
 
     # -- the with statement -------------------------------------------------------
 
@@ -328,15 +331,35 @@ class Tracer:
                 parent.push(changed)
             return
         if not self.keep_unsaved:
-            keep = info.block.target_names
+            block = info.block
+            keep = block.target_names
             unsaved = self._unsaved
             kept = {}
+            namespace = None
             for name, value in changed.items():
                 if name in keep or SAVED.keeps(value):
                     kept[name] = value
                     unsaved.pop(name, None)
                 elif name != "_":  # a throwaway (`for _ in ...`) is not worth a word
-                    unsaved[name] = None
+                    if namespace is None:
+                        namespace = info.frame.f_locals
+                    current = namespace.get(name, _ABSENT)
+                    if current is _ABSENT or isinstance(current, UnsavedName):
+                        # Unbound before the block: bound to a placeholder now, in
+                        # the same write as the saved values (see _settle_unsaved).
+                        placeholder = block.placeholders.get(name)
+                        if placeholder is None:
+                            placeholder = block.placeholders[name] = UnsavedName(
+                                name,
+                                info.filename,
+                                block.assigned_lines.get(name, block.node.lineno),
+                            )
+                        if current is not placeholder:
+                            kept[name] = placeholder
+                        unsaved.pop(name, None)
+                        self._placeheld = True
+                    else:
+                        unsaved[name] = None
             changed = kept
         write_locals(info.frame, changed)
 
@@ -344,30 +367,20 @@ class Tracer:
         """After the block: explain the variables it assigned without ``save()``.
 
         A variable that had no value before the block is bound to an
-        :class:`UnsavedName`, whose every use raises a ``NameError`` saying to
-        save it; one that had a value keeps it, with an :class:`UnsavedValueWarning`
-        at the assignment (unless the block failed: its error says enough).
+        :class:`UnsavedName` (by :meth:`push`, with the saved values), whose every
+        use raises a ``NameError`` saying to save it; one that had a value keeps
+        it, with an :class:`UnsavedValueWarning` at the assignment (unless the
+        block failed: its error says enough).
         """
+        if self._placeheld:
+            self._placeheld = False
+            install_excepthook()  # uncaught, the NameError shows the user's line last
         unsaved, self._unsaved = self._unsaved, {}
         info = self.info
-        if not unsaved or info is None or info.frame is None:
+        if not unsaved or not warn or info is None or info.frame is None:
             return
         frame, block = info.frame, info.block
-        namespace = frame.f_locals
-        placeholders: dict[str, Any] = {}
-        reassigned = []
-        for name in unsaved:
-            line = block.assigned_lines.get(name, block.node.lineno)
-            current = namespace.get(name, _ABSENT)
-            if current is _ABSENT or isinstance(current, UnsavedName):
-                placeholders[name] = UnsavedName(name, info.filename, line)
-            else:
-                reassigned.append((name, line))
-        write_locals(frame, placeholders)
-        if placeholders:
-            install_excepthook()  # uncaught, the NameError shows the user's line last
-        if not warn:
-            return
+        reassigned = [(name, block.assigned_lines.get(name, block.node.lineno)) for name in unsaved]
         globals_ = frame.f_globals
         # module_globals lets the warning show the line from a loader's source; 3.12+
         # refuses globals whose __spec__ has no loader (IPython's user namespace), and
