@@ -101,6 +101,23 @@ def test_source_of_a_child_module_in_a_bigger_model(net, x, no_leftovers) -> Non
     assert torch.equal(act_in, fc)
 
 
+def test_an_operation_read_in_trace_after_trace_leaves_no_hooks(net, x) -> None:
+    model = NNsight(net)
+    source = model.layers[1].source
+    accessor = source._accessor
+    values = []
+    for scale in (1.0, 2.0):
+        with model.trace(x * scale):
+            values.append(source.self_fc_0.output.save())
+        op = accessor.operations["self_fc_0"]
+        assert not op.pre_hooks and not op.post_hooks and not op.fn_hooks
+        assert not accessor.active and not accessor.counting
+    assert source.self_fc_0 is source["self_fc_0"]  # one envoy per operation
+    for scale, value in zip((1.0, 2.0), values):
+        h = net.layers[0](net.embed(x * scale))
+        assert torch.equal(value, net.layers[1].fc(h))
+
+
 def test_unknown_operation_lists_names(attention) -> None:
     with pytest.raises(AttributeError, match="F_softmax_0"):
         NNsight(attention).source.F_softmax_9

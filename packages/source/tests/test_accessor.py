@@ -186,6 +186,27 @@ def test_active_follows_hooks_and_watches() -> None:
     assert not acc.active and outer._detour is None
 
 
+def test_a_hook_outliving_a_counting_watch_keeps_its_site_detoured_until_removed() -> None:
+    # What a trace does: count from the start, hook one site, stop counting, unhook.
+    acc = SourceAccessor(Block.forward)
+    outer, inner = acc.self_outer_0, acc.self_inner_0
+    block = Block()
+    seen: list[object] = []
+    watch = acc.watch(count=True)
+    inner.post_hooks.append(seen.append)
+    assert acc(block, -3) == block.forward(-3)
+    watch.close()
+    assert acc.active and acc.hooked and not acc.counting
+    detours = {name: op._detour for name, op in acc.operations.items()}
+    assert detours == {"self_inner_0": True, "abs_0": None, "self_outer_0": True, "helper_0": None}
+    inner.post_hooks.remove(seen.append)
+    assert not acc.active and not acc.hooked
+    assert all(op._detour is None for op in acc.operations.values())
+    assert acc(block, -3) == block.forward(-3)
+    assert seen == [block.inner(-3)]  # the hooked call only
+    assert (outer.calls, inner.calls) == (1, 1)  # counted only while the watch was open
+
+
 def test_a_counting_watch_counts_every_call_of_every_site() -> None:
     acc = SourceAccessor(Block.forward)
     block = Block()

@@ -50,7 +50,6 @@ __all__ = [
     "add_forward_hook",
     "add_forward_pre_hook",
     "count_calls",
-    "ensure_forward_wrapper",
     "ensure_hook",
     "ensure_inputs",
     "ensure_slow_path",
@@ -229,8 +228,10 @@ class _Forward:
         return "forward" not in state and type(self.module).forward is self.class_forward
 
     def _update(self) -> None:
-        if self.inputs or self.skippable or self.route or self.input_records:
+        if self.inputs or self.skippable or self.input_records:
             self.run.general = self._call
+        elif self.route:
+            self.run.general = self._call_routed
         elif self.records:
             self.run.general = self._call_records
         else:
@@ -239,6 +240,14 @@ class _Forward:
     def _call_records(self, interleaver: Interleaver, args: Any, kwargs: Any) -> Any:
         """The wrapper's path when it serves the output and records it for caches."""
         output = interleaver.handle(self.provider, self.original(*args, **kwargs), True)
+        for record in self.records:
+            record(output)
+        return output
+
+    def _call_routed(self, interleaver: Interleaver, args: Any, kwargs: Any) -> Any:
+        """The wrapper's path when it serves the output of a forward that may run
+        through the module's ``.source`` accessor (see :func:`route_source`)."""
+        output = interleaver.handle(self.provider, self._forward(args, kwargs), True)
         for record in self.records:
             record(output)
         return output
@@ -724,14 +733,6 @@ def count_calls(accessor: Any) -> _Removable:
     """Count the calls of ``accessor``'s operations (and keep it active) until the
     run ends."""
     return _Removable(accessor.watch(count=True).close)
-
-
-def ensure_forward_wrapper(envoy: Envoy, interleaver: Interleaver | None = None) -> None:
-    """Route ``envoy``'s module through its ``.source`` accessor in this run (when active)."""
-    wrapper = run_forward(envoy, interleaver)
-    if not wrapper.route:
-        wrapper.route = True
-        wrapper._update()
 
 
 def _merge_skips(interleaver: Any, skips: list[tuple[Any, Any]], run: Callable[[], Any]) -> Any:

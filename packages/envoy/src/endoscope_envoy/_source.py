@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from endoscope_interleaver import Interleaver, eproperty
@@ -31,13 +32,20 @@ from endoscope_source import (
     get_or_create_source_accessor,
 )
 
-from ._hooks import _Removable, count_calls, ensure_forward_wrapper
+from ._hooks import _Removable, count_calls, route_source, run_forward
 from ._suggestions import attribute_error
 
 if TYPE_CHECKING:
     from ._envoy import Envoy
 
 __all__ = ["OperationEnvoy", "SourceEnvoy"]
+
+
+def _takes_interleaver(stub: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an eproperty stub to be called with the running interleaver, which the
+    eproperty has looked up already."""
+    stub._eproperty_takes_interleaver = True  # type: ignore[attr-defined]
+    return stub
 
 
 class SourceEnvoy:
@@ -92,6 +100,9 @@ class SourceEnvoy:
                     f"{self.path} has no operation {name!r}: {message}", name
                 ) from None
             envoy = operations[name] = OperationEnvoy(self._owner, op, self)
+            # Found by plain attribute lookup from now on (this runs only for
+            # names the class lacks, so no method is shadowed).
+            self.__dict__[name] = envoy
         return envoy
 
     def __getitem__(self, name: str) -> OperationEnvoy:
@@ -152,32 +163,30 @@ class OperationEnvoy:
             return self
         return getattr(parent, self._op.name)
 
-    def _hook(self, kind: str) -> None:
+    def _hook(self, kind: str, interleaver: Interleaver) -> None:
         current = self._current()
         if current is not self:
             # Same provider path, so this envoy's requests are served by its hooks.
-            current._hook(kind)
+            current._hook(kind, interleaver)
             return
         owner = self._owner
-        interleaver = owner.interleaver
         # The owner's wrapper (its ancestors' too) routes its calls through the
-        # rewritten forward in this run.
-        ensure_forward_wrapper(owner, interleaver)
+        # rewritten forward in this run, every operation counted: a wrapper lent
+        # while the module had a built accessor routes already (route_source).
+        wrapper = run_forward(owner, interleaver)
+        if not wrapper.route:
+            route_source(wrapper, interleaver)
+        interleaver.ensure_hook(
+            (id(self._op), kind), functools.partial(_install_op_hook, self, kind, interleaver)
+        )
         if self._parent._operation is not None:
             for parent_op in self._parent_chain():
                 interleaver.ensure_hook((id(parent_op._op), "descend"), parent_op._descend)
-        # Every call of every operation of this forward is counted for the run,
-        # so a hook put on an operation late numbers its calls from those that
-        # went by: reading one that already ran is then an OutOfOrderError at
-        # once, never a wait that ends in "missed" or a later call served. The
-        # count starts after this hook (a count opened now has nothing to number
-        # it from yet), so the run's end removes the hook while still counting,
-        # and the accessor changes state once, not twice.
-        interleaver.ensure_hook(
-            (id(self._op), kind), functools.partial(_install_op_hook, self, kind)
-        )
-        accessor = self._parent._accessor
-        interleaver.ensure_hook((id(accessor), "count"), functools.partial(count_calls, accessor))
+            # A nested function's operations are counted too (see count_calls).
+            accessor = self._parent._accessor
+            interleaver.ensure_hook(
+                (id(accessor), "count"), functools.partial(count_calls, accessor)
+            )
 
     def _parent_chain(self) -> list[OperationEnvoy]:
         chain = []
@@ -196,19 +205,22 @@ class OperationEnvoy:
     # The eproperty calls its stub on every access, before the request blocks:
     # that is where the operation gets its hook for the run.
     @eproperty(key="callee")
-    def _callee(self) -> Any:
+    @_takes_interleaver
+    def _callee(self, interleaver: Interleaver) -> Any:
         """What the operation calls this time, once it is about to call it."""
-        self._hook("callee")
+        self._hook("callee", interleaver)
 
     @eproperty(key="output")
-    def output(self) -> Any:
+    @_takes_interleaver
+    def output(self, interleaver: Interleaver) -> Any:
         """The operation's return value in the running trace."""
-        self._hook("output")
+        self._hook("output", interleaver)
 
     @eproperty(key="input")
-    def inputs(self) -> Any:
+    @_takes_interleaver
+    def inputs(self, interleaver: Interleaver) -> Any:
         """The operation's ``(args, kwargs)`` in the running trace."""
-        self._hook("input")
+        self._hook("input", interleaver)
 
     @property
     def input(self) -> Any:
@@ -254,27 +266,38 @@ def _remove(hooks: list[Any], hook: Any) -> None:
         hooks.remove(hook)
 
 
-def _install_op_hook(envoy: OperationEnvoy, kind: str) -> _Removable:
+class _OpHook:
+    """Serves one operation's value to a run (a hook of the operation's list) and
+    is the run's handle that takes it off that list again."""
+
+    __slots__ = ("handle", "hooks", "provider")
+
+    def __init__(self, interleaver: Interleaver, provider: str, hooks: list[Any]) -> None:
+        self.handle = interleaver.handle
+        self.provider = provider
+        self.hooks = hooks
+
+    def __call__(self, value: Any) -> Any:
+        return self.handle(self.provider, value, True)
+
+    def remove(self) -> None:
+        _remove(self.hooks, self)
+
+
+def _install_op_hook(envoy: OperationEnvoy, kind: str, interleaver: Interleaver) -> Any:
     op = envoy._op
-    interleaver = envoy.interleaver
     provider = f"{envoy.path}.{kind}"
-
-    handle = interleaver.handle
-
-    def hook(value: Any) -> Any:
-        return handle(provider, value, True)
-
     if kind == "callee":
         return _install_callee_hook(envoy, provider)
     # The output after the call (post-hooks); the inputs, (args, kwargs), before it.
-    hooks = op.post_hooks if kind == "output" else op.pre_hooks
-    hooks.insert(0, hook)
+    hook = _OpHook(interleaver, provider, op.post_hooks if kind == "output" else op.pre_hooks)
+    hook.hooks.insert(0, hook)
     if interleaver.provider is not None and op.accessor is not None and op.accessor.counting:
         # Hooked while the model runs: number its calls after those gone by.
         ran = op.returns if kind == "output" else op.calls
         if ran and provider not in interleaver.calls:
             interleaver.calls[provider] = ran
-    return _Removable(lambda: _remove(hooks, hook))
+    return hook
 
 
 def _install_callee_hook(envoy: OperationEnvoy, provider: str) -> _Removable:

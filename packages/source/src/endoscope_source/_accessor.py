@@ -76,6 +76,8 @@ class Watch:
 
     def __del__(self) -> None:
         # A forgotten watch must not keep its accessor on the slow path forever.
+        if self._accessor is None:
+            return
         try:
             self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
@@ -245,12 +247,14 @@ class SourceAccessor:
             self._active = active = self._hooked_count > 0 or self._watchers > 0
             for op in self.operations.values():
                 op._counted = False
-                op._update_detour(active)
+                # _update_detour, inlined: this runs for every operation after every run.
+                op._detour = True if op._hooked or (active and op.site.nested) else None
 
-    def _hooked_changed(self, hooked: bool) -> None:
-        # Called by an operation, under the shared lock.
-        self._hooked_count += 1 if hooked else -1
+    def _hooked_changed(self, op: OperationAccessor) -> None:
+        # Called by an operation whose ``hooked`` just flipped, under the shared lock.
+        self._hooked_count += 1 if op._hooked else -1
         self._update_active()
+        op._update_detour(self._active)
 
     def _update_active(self) -> None:
         active = self._hooked_count > 0 or self._watchers > 0

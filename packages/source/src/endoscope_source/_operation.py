@@ -177,8 +177,9 @@ class OperationAccessor:
         self.returns = 0
         self.last_callee: Callable[..., Any] | None = None
         self._fn_replacement: Callable[..., Any] | None = None
-        self._owner: weakref.ref[SourceAccessor] | None = (
-            weakref.ref(owner) if owner is not None else None
+        # Called for the accessor: a weak reference, or a stand-in answering None.
+        self._owner: Callable[[], SourceAccessor | None] = (
+            weakref.ref(owner) if owner is not None else _no_owner
         )
         self._lock = owner._lock if owner is not None else threading.RLock()
         self.pre_hooks = HookList(self)
@@ -191,7 +192,7 @@ class OperationAccessor:
     @property
     def accessor(self) -> SourceAccessor | None:
         """The :class:`SourceAccessor` this operation belongs to (None once it is gone)."""
-        return self._owner() if self._owner is not None else None
+        return self._owner()
 
     @property
     def hooked(self) -> bool:
@@ -234,12 +235,14 @@ class OperationAccessor:
                 or self.fn_hooks
                 or self._fn_replacement is not None
             )
-            owner = self.accessor
-            if hooked != self._hooked:
-                self._hooked = hooked
-                if owner is not None:
-                    owner._hooked_changed(hooked)
-            self._update_detour(owner._active if owner is not None else False)
+            if hooked == self._hooked:
+                return  # so is _detour: the accessor keeps it in step with the rest
+            self._hooked = hooked
+            owner = self._owner()
+            if owner is None:
+                self._update_detour(False)
+            else:
+                owner._hooked_changed(self)
 
     def _update_detour(self, active: bool) -> None:
         self._detour = (
@@ -401,6 +404,10 @@ class _Wrapped:
 
     def __repr__(self) -> str:
         return f"<operation {self.op.path} wrapping {self.fn!r}>"
+
+
+def _no_owner() -> None:
+    return None
 
 
 # What a builtin's __self__ is when it is not bound to an object (``abs``, ``torch.relu``).
