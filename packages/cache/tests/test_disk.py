@@ -637,3 +637,72 @@ def test_append_needs_a_directory_and_starts_a_cache_where_there_is_none(tmp_pat
         cache.add("model.output.i0", torch.zeros(2))  # a second run: a second call
         assert torch.equal(cache.cache.model.output[0], torch.ones(2))
     assert [t.tolist() for t in load(tmp_path).model.output] == [[1.0, 1.0], [0.0, 0.0]]
+
+
+def test_a_with_block_that_raises_leaves_a_cache_that_says_why_it_is_incomplete(
+    tmp_path,
+) -> None:
+    with pytest.raises(KeyError, match="batch 3"), Cache(directory=tmp_path, shard_size=64) as c:
+        c.add("model.a.output.i0", torch.zeros(16))
+        c.add("model.b.output.i0", torch.ones(16))  # still buffered when the error comes
+        raise KeyError("batch 3")
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["complete"] is False and manifest["failure"] == "KeyError: 'batch 3'"
+    assert not (tmp_path / "journal.jsonl").exists()  # nothing was caught mid-encoding
+    with pytest.raises(IncompleteCacheError) as raised:
+        load(tmp_path)
+    message = str(raised.value)
+    assert (
+        "the run writing it stopped with an error before the end (KeyError: 'batch 3')" in message
+    )
+    assert "complete: 2 values of 2 modules in 2 shards" in message  # the buffer was written
+    assert "allow_incomplete=True" in message and "append=True" in message
+    with pytest.warns(IncompleteCacheWarning, match="stopped with an error"):
+        partial = load(tmp_path, allow_incomplete=True)
+    assert not partial.complete and partial.lost == ()
+    assert torch.equal(partial.model.b.output, torch.ones(16))
+    with pytest.raises(IndexError, match="stopped with an error"):
+        _ = partial.model.b[1]  # a call the run never reached
+    # Adding to it (the failed batch run again) makes it whole; the failure is gone.
+    with Cache(directory=tmp_path, append=True) as again:
+        again.add("model.c.output.i0", torch.full((16,), 2.0))
+    whole = load(tmp_path)
+    assert whole.complete and "failure" not in json.loads((tmp_path / MANIFEST).read_text())
+    assert torch.equal(whole.model.a.output, torch.zeros(16))
+    assert torch.equal(whole.model.b.output, torch.ones(16))
+    assert torch.equal(whole.model.c.output, torch.full((16,), 2.0))
+
+
+def test_a_value_caught_mid_encoding_by_the_failure_is_listed_as_lost(tmp_path) -> None:
+    cache = Cache(directory=tmp_path, shard_size=64)
+    cache.add("model.a.output.i0", torch.zeros(16))
+    writer = cache._writer
+    writer._journal.start("model.b", 0, 0, "output")  # as if its encoding were under way
+    cache.close(error=OSError(28, "No space left on device"))
+    with pytest.raises(IncompleteCacheError, match=r"\(OSError: \[Errno 28\] No space left"):
+        load(tmp_path)
+    with pytest.warns(IncompleteCacheWarning):
+        partial = load(tmp_path, allow_incomplete=True)
+    assert partial.lost == ("model.b.output.i0",)
+    with pytest.raises(LostValueError, match="model.b.output.i0 was lost: the run writing it"):
+        _ = partial.model.b.output
+    cache.close()  # idempotent: the failure stays
+    assert json.loads((tmp_path / MANIFEST).read_text())["complete"] is False
+
+
+def test_a_failure_that_also_breaks_the_flush_keeps_the_run_s_error_first(
+    tmp_path, monkeypatch
+) -> None:
+    cache = Cache(directory=tmp_path, shard_size=1 << 20)
+    cache.add("model.a.output.i0", torch.zeros(16))  # buffered, not yet in a shard
+    writer = cache._writer
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "_flush_buffer", full_disk)
+    cache.close(error=RuntimeError("the model failed"))  # does not raise the disk's error
+    with pytest.raises(IncompleteCacheError, match="interrupted") as raised:
+        load(tmp_path)
+    assert "complete: 0 values" in str(raised.value)
+    assert writer.closed

@@ -73,6 +73,50 @@ def test_cache_appends_to_a_directory_across_traces(net, x, tmp_path, no_leftove
     assert torch.equal(second, net.layers[0](net.embed(x * 2)))
 
 
+def test_a_trace_that_raises_leaves_its_disk_cache_incomplete_naming_the_error(
+    net, x, tmp_path, no_leftovers
+) -> None:
+    """What the modules before the error recorded is on disk; the cache says it is a
+    part, and why. A stopped trace (``tracer.stop()``) ends as asked: complete."""
+    from endoscope_cache import IncompleteCacheError, IncompleteCacheWarning, load
+
+    model = NNsight(net)
+    with pytest.raises(ValueError, match="not this batch"):
+        with model.trace(x) as tracer:
+            tracer.cache(directory=tmp_path / "failed")
+            model.layers[1].output.sum()
+            raise ValueError("not this batch")
+    with pytest.raises(IncompleteCacheError) as raised:
+        load(tmp_path / "failed")
+    assert "stopped with an error before the end (ValueError: not this batch)" in str(raised.value)
+    with pytest.warns(IncompleteCacheWarning):
+        partial = load(tmp_path / "failed", allow_incomplete=True)
+    # Values reach the cache after the interventions of their call: layers[1]'s call
+    # is where the error came, so its children are kept, and it is not.
+    h = net.layers[0](net.embed(x))
+    assert list(partial) == [
+        "model.embed",
+        *("model.layers.0.fc", "model.layers.0.act", "model.layers.0"),
+        *("model.layers.1.fc", "model.layers.1.act"),
+    ]
+    assert torch.equal(partial.model.layers[0].output, h)
+    assert torch.equal(partial.model.layers[1].act.output, net.layers[1].act(net.layers[1].fc(h)))
+
+    with model.trace(x) as tracer:
+        tracer.cache(directory=tmp_path / "stopped")
+        model.layers[1].output.sum()
+        tracer.stop()
+    stopped = load(tmp_path / "stopped")
+    assert stopped.complete and list(stopped) == list(partial)  # the same point, as asked
+
+    # The failed batch, run again, completes the first cache.
+    with model.trace(x) as tracer:
+        tracer.cache(directory=tmp_path / "failed", append=True, modules=[model.layers[2]])
+    whole = load(tmp_path / "failed")
+    assert whole.complete
+    assert torch.equal(whole.model.layers[2].output, net.layers[2](net.layers[1](h)))
+
+
 # Three traces, each caching to its own directory; the third stops for good inside the
 # forward pass (a user hook on layers[1]) and is killed there with SIGKILL.
 KILLED_IN_A_TRACE = """

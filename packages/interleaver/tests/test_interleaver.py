@@ -723,6 +723,56 @@ def test_hooks_removed_after_normal_run(scheduler: Scheduler) -> None:
     assert handles == []
 
 
+def test_hooks_see_the_error_that_ends_the_run_early_while_they_are_removed(
+    scheduler: Scheduler,
+) -> None:
+    """``failure`` is the exception ending the run while run-level hooks are removed:
+    None after a finished run, after an early stop and once the teardown is over."""
+    seen: list[Any] = []
+
+    class Reporter:
+        def __init__(self, interleaver: Interleaver) -> None:
+            self.interleaver = interleaver
+
+        def remove(self) -> None:
+            seen.append(self.interleaver.failure)
+
+    def reading(L: list[Envoy]) -> None:
+        L[0].interleaver.hooks.append(Reporter(L[0].interleaver))
+        L[1].output
+
+    _, interleaver = run(scheduler, reading)
+    assert seen == [None] and interleaver.failure is None
+
+    def failing(L: list[Envoy]) -> None:
+        L[0].interleaver.hooks.append(Reporter(L[0].interleaver))
+        L[1].output
+        raise KeyError("bad read")
+
+    seen.clear()
+    with pytest.raises(KeyError, match="bad read") as raised:
+        run(scheduler, failing)
+    assert seen == [raised.value]
+
+    def stopping(L: list[Envoy]) -> None:
+        L[0].interleaver.hooks.append(Reporter(L[0].interleaver))
+        L[1].output
+        raise EarlyStopException()
+
+    seen.clear()
+    assert run(scheduler, stopping)[0] is None
+    assert seen == [None]
+
+    interleaver = Interleaver(scheduler=scheduler)
+    interleaver.hooks.append(Reporter(interleaver))
+    interleaver.initialize([Mediator(lambda: (_ for _ in ()).throw(ValueError("at start")))])
+    seen.clear()
+    with pytest.raises(ValueError, match="at start"), interleaver:
+        pass
+    assert len(seen) == 1 and isinstance(seen[0], ValueError)
+    assert interleaver.failure is None
+
+
 def test_contextvars_of_the_caller_are_visible(scheduler: Scheduler) -> None:
     import contextvars
 

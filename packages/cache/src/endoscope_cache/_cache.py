@@ -12,6 +12,7 @@ import torch
 
 from ._cachedict import CacheDict
 from ._entry import _OUTPUT, Entry, EntryList, off_kinds, switched_off
+from ._errors import describe_error
 from ._nested import map_tensors
 from ._shards import DEFAULT_SHARD_SIZE, ShardWriter, StoredValue
 
@@ -469,10 +470,19 @@ class Cache:
         if self._writer is not None:
             self._writer.flush()
 
-    def close(self) -> None:
-        """With ``directory``: flush and mark the cache complete. Values stay readable."""
+    def close(self, error: BaseException | None = None) -> None:
+        """With ``directory``: flush and mark the cache complete. Values stay readable.
+
+        Args:
+            error: the exception that stopped the run recording into this cache
+                before its end. Every value recorded so far is still written, but
+                the cache is left incomplete, naming ``error``: :func:`load` then
+                says the rest is missing and why, rather than passing a part for
+                the whole. ``Cache(directory=...)`` used in a ``with`` statement
+                passes the exception that leaves the block.
+        """
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close(None if error is None else describe_error(error))
 
     def __enter__(self) -> Cache:
         return self
@@ -483,7 +493,7 @@ class Cache:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(exc)
 
     def __repr__(self) -> str:
         return f"Cache(\n{self.cache!r}\n)"

@@ -44,8 +44,9 @@ def load(
     shards each time a value is accessed (``.output``, ``.inputs``, ``.input``), so
     opening a large cache costs only the manifest and one ``stat`` per shard.
 
-    A cache whose writer did not finish (killed, crashed, or still running) raises
-    :class:`IncompleteCacheError`, which names what is complete. With
+    A cache whose writer did not finish (killed, crashed, still running, or closed
+    after an error ended the run writing it) raises :class:`IncompleteCacheError`,
+    which names what is complete and why the rest is missing. With
     ``allow_incomplete=True`` it opens with the values recorded before the
     interruption, with a :class:`IncompleteCacheWarning`; the result's ``complete``
     is False, ``lost`` names the values the writer had started but not written,
@@ -76,7 +77,9 @@ def load(
     records = manifest["records"]
     interruption = None
     if not manifest.get("complete", False):
-        interruption, lost = _interruption(directory, records, len(manifest.get("shards", [])))
+        interruption, lost = _interruption(
+            directory, records, len(manifest.get("shards", [])), manifest.get("failure")
+        )
         where = f"the cache at {directory} is incomplete: {interruption.state()}"
         if not allow_incomplete:
             raise IncompleteCacheError(
@@ -110,9 +113,10 @@ def load(
 
 
 def _interruption(
-    directory: Path, records: list[dict[str, Any]], shards: int
+    directory: Path, records: list[dict[str, Any]], shards: int, failure: Any = None
 ) -> tuple[Interruption, list[Started]]:
-    """What an incomplete cache holds, and the journal's values missing from it."""
+    """What an incomplete cache holds, and the journal's values missing from it
+    (``failure``: the manifest's note of the error that ended the writing run)."""
     committed = {(r["path"], r["index"], r["kind"]) for r in records}
     lost = list(
         dict.fromkeys(
@@ -132,6 +136,7 @@ def _interruption(
         if last is None
         else provider(last["path"], last["kind"], last["iteration"], last["index"]),
         lost=tuple(provider(path, kind, iteration, index) for path, index, iteration, kind in lost),
+        failure=None if failure is None else str(failure),
     )
     return interruption, lost
 

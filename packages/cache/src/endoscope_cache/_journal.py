@@ -87,6 +87,11 @@ class Journal:
         self._file.write(line)  # unbuffered: one write(2), whole even if killed
         self._current = line
 
+    @property
+    def writing(self) -> bool:
+        """Whether a value was started and not finished (see :meth:`done`)."""
+        return self._current is not None
+
     def done(self) -> None:
         """The value last started is encoded (it now waits for its shard)."""
         self._current = None
@@ -160,6 +165,8 @@ class Interruption:
         shards: how many whole shards hold them.
         last: the value recorded last, or None.
         lost: the values the writer had started but not finished writing.
+        failure: the error that ended the run writing the cache, when the writer
+            was closed because of it (``"ValueError: ..."``); None if it was killed.
     """
 
     directory: str
@@ -169,9 +176,12 @@ class Interruption:
     shards: int
     last: str | None
     lost: tuple[str, ...]
+    failure: str | None = None
 
     def state(self) -> str:
         """Why the cache is incomplete, in one clause."""
+        if self.failure is not None:
+            return f"the run writing it stopped with an error before the end ({self.failure})"
         if self.running:
             return "its writer is still running (it holds the lock on journal.jsonl)"
         return "its writer was interrupted (killed or crashed) before close()"

@@ -438,6 +438,7 @@ class ShardWriter:
         self._records: list[str] = []  # committed: all their tensors are in written shards
         self._pending: list[str] = []  # complete values whose shard is still in the buffer
         self._complete = False
+        self._failure: str | None = None  # set by close(failure=...)
         self._closed = False
         self._journal = Journal(self.directory)  # raises if another writer holds it
         try:
@@ -604,22 +605,50 @@ class ShardWriter:
             self._flush_buffer()
             self._commit()
 
-    def close(self) -> None:
-        """Flush, mark the manifest complete and free the buffer. Idempotent."""
+    def close(self, failure: str | None = None) -> None:
+        """Flush, mark the manifest complete and free the buffer. Idempotent.
+
+        Args:
+            failure: what stopped the run that was writing (``"ValueError: ..."``).
+                Every finished value is still written, but the manifest stays
+                incomplete and keeps ``failure``, so :func:`load` says the values
+                the run did not reach are missing, and why, instead of passing a
+                part for the whole.
+        """
         with self._lock:
             if self._closed:
                 return
-            self._flush_buffer(commit=False)
-            self._records.extend(self._pending)
-            self._pending = []
-            self._complete = True
-            self._write_manifest()
-            self._journal.close(remove=True)
+            if failure is None:
+                self._flush_buffer(commit=False)
+                self._records.extend(self._pending)
+                self._pending = []
+                self._complete = True
+                self._write_manifest()
+                self._journal.close(remove=True)
+            else:
+                self._close_failed(failure)
             self._closed = True
             self._array = None
             if self._buffer is not None:
                 self._buffer.close()
                 self._buffer = None
+
+    def _close_failed(self, failure: str) -> None:
+        """Commit what is finished and leave the cache incomplete, naming ``failure``."""
+        self._failure = failure
+        try:
+            self._flush_buffer(commit=False)
+            self._records.extend(self._pending)
+            self._pending = []
+            self._write_manifest()
+        except Exception:
+            # The run's own error is already on its way to the user; this one (a
+            # full disk, say) must not replace it. The journal stays, so the cache
+            # reads as interrupted, with what it lost.
+            self._journal.close(remove=False)
+            return
+        # A value caught mid-encoding by the failure is lost: the journal names it.
+        self._journal.close(remove=not self._journal.writing)
 
     def get_tensor(self, node: Node) -> torch.Tensor:
         """Read a tensor back, writing its shard first if it is still buffered."""
@@ -638,6 +667,8 @@ class ShardWriter:
             "shard_crc32": self._crcs,
             **self._header,
         }
+        if self._failure is not None:
+            head["failure"] = self._failure
         # One line per field and per record. Records are kept pre-serialised:
         # rewriting the manifest is a join, not a dump.
         fields = [

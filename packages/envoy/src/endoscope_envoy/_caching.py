@@ -145,7 +145,7 @@ def attach_cache(
                 inputs = rows(inputs) if rows is not None else inputs
                 _record_inputs(inputs, envoy, interleaver, wanted is None)
     if directory is not None:
-        interleaver.hooks.append(_Finish(cache))
+        interleaver.hooks.append(_Finish(cache, interleaver))
     return cache.cache
 
 
@@ -199,15 +199,20 @@ def _named_modules(model: Envoy) -> tuple[tuple[Envoy, ...], tuple[str, ...]]:
 
 
 class _Finish:
-    """Closes the cache's disk writer when the run ends (a hook handle's remove)."""
+    """Closes the cache's disk writer when the run ends (a hook handle's remove).
 
-    def __init__(self, cache: Cache) -> None:
+    A run that an error ends early leaves the cache incomplete, naming the error:
+    it holds only the modules that ran before it.
+    """
+
+    def __init__(self, cache: Cache, interleaver: Interleaver) -> None:
         self.cache = cache
+        self.interleaver: Interleaver | None = interleaver
 
     def remove(self) -> None:
-        close = getattr(self.cache, "close", None)
-        if close is not None:
-            close()
+        # The handle is dropped after the run: no reference back to the interleaver.
+        interleaver, self.interleaver = self.interleaver, None
+        self.cache.close(None if interleaver is None else interleaver.failure)
 
 
 def _record_outputs(

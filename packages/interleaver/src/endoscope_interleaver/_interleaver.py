@@ -182,6 +182,9 @@ class Interleaver:
         thread: the ident of the thread that started the current (or last) run,
             where its computation runs; hooks a caller shares with code of other
             threads tell the run's calls from theirs by it.
+        failure: while the run's hooks are removed, the exception that is ending
+            the run before the computation finished (an early stop is not one),
+            else ``None``; a hook that kept a record of the run can say it is partial.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class Interleaver:
         self._ended = False
         self._stopping = False
         self.thread: int | None = None
+        self.failure: BaseException | None = None
         if mediators:
             self.initialize(mediators, batcher=batcher, tracer=tracer)
         else:
@@ -279,8 +283,8 @@ class Interleaver:
             self._find_solo()
             if self._gated:
                 self._check_stuck()
-        except BaseException:
-            self._teardown()
+        except BaseException as error:
+            self._teardown(error)
             raise
         return self
 
@@ -294,7 +298,7 @@ class Interleaver:
                 except EarlyStopException:
                     pass
         finally:
-            self._teardown()
+            self._teardown(exc)
         return exc is not None and isinstance(exc, EarlyStopException)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -343,10 +347,13 @@ class Interleaver:
         self._ended = False
         self._stopping = False
 
-    def _teardown(self) -> None:
+    def _teardown(self, error: BaseException | None = None) -> None:
+        if error is not None and not isinstance(error, EarlyStopException):
+            self.failure = error
         try:
             self.cancel()
         finally:
+            self.failure = None
             self._reset()
             self._interleaving = False
             # Mediators keep no reference back: no cycle outlives the run.
