@@ -94,6 +94,15 @@ def killing_step(marker: str) -> Any:
 KILL_VALUE = 1234.0
 
 
+def scaled_step(factor: float) -> Any:
+    """``mlp_step`` with its outputs scaled by ``factor``, a value the step captures."""
+
+    def step(model: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {key: value * factor for key, value in mlp_step(model, x).items()}
+
+    return step
+
+
 def failing_step(model: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Raises on any batch holding a row whose first value is -1000."""
     if bool((x[:, 0] == -1000).any()):

@@ -113,18 +113,21 @@ def test_every_replica_dead_stops_resumably_and_restarts_replace_them(
     data = _models.rows(16)
     data[8][0] = _models.KILL_VALUE
     out = tmp_path / "out"
+    marker = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="every replica died; rows 8 onwards were not run"):
         endoscope_ray.map_traces(
-            _models.load_mlp, _models.killing_step(str(tmp_path / "first")), data, out=out,
+            _models.load_mlp, _models.killing_step(str(marker)), data, out=out,
             batch_size=4, chunk_rows=8, progress=False,
         )  # fmt: skip
     assert len(endoscope_ray.open_store(out)) == 8
-    # Same run (same step code), resumed; its only replica dies again and is replaced.
+    # Same run (same step, built with the same marker), resumed; with the marker gone
+    # its only replica dies again and is replaced.
+    marker.unlink()
     store = endoscope_ray.map_traces(
-        _models.load_mlp, _models.killing_step(str(tmp_path / "second")), data, out=out,
+        _models.load_mlp, _models.killing_step(str(marker)), data, out=out,
         batch_size=4, chunk_rows=8, replica_restarts=1, progress=False,
     )  # fmt: skip
-    assert (tmp_path / "second").exists() and store.complete
+    assert marker.exists() and store.complete
     expected = _models.mlp_reference(torch.stack(data))
     _same_rows(store["out"], list(expected["out"]), exact=False)
 
@@ -188,6 +191,16 @@ def test_bad_input_is_reported_early_and_damages_nothing(ray_cluster: Any, tmp_p
         endoscope_ray.map_traces(_models.load_mlp, _models.mlp_step, data, out=tmp_path / "b",
                                  batch_size=4, progress=False)  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "b").rglob("*")} == before
+    # The same code built with another captured value is another run.
+    endoscope_ray.map_traces(_models.load_mlp, _models.scaled_step(2.0), data,
+                             out=tmp_path / "scaled", batch_size=4, progress=False)  # fmt: skip
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "scaled").rglob("*")}
+    with pytest.raises(
+        RunMismatchError, match=r"would mix with it: the step \(its code or the values it was built"
+    ):
+        endoscope_ray.map_traces(_models.load_mlp, _models.scaled_step(3.0), data,
+                                 out=tmp_path / "scaled", batch_size=4, progress=False)  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "scaled").rglob("*")} == written
     # The same run over other data: refused at the first chunk it holds, files untouched.
     other = _models.rows(8)
     other[0][0] += 1

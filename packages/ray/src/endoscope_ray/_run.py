@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -15,6 +13,7 @@ import torch
 
 from ._dataset import Batch, Chunk, chunks, dataset_rows
 from ._errors import BatchError, FactoryError, RunMismatchError, StepOutputError
+from ._fingerprint import PART_NAMES, fingerprint_parts, run_fingerprint
 from ._progress import Progress
 from ._replica import Replica, describe_function
 from ._store import (
@@ -33,40 +32,6 @@ __all__ = ["map_traces"]
 DEFAULT_SHARD_SIZE = 32 * 1024 * 1024
 # Batches queued on each replica, so it starts the next one as soon as one ends.
 _QUEUED_PER_REPLICA = 2
-
-
-def _code_digest(function: Any, hasher: Any) -> None:
-    """Feed what a function does to ``hasher``: its bytecode, constants and names.
-
-    Line numbers and file names are left out, so a comment or a moved file does not
-    make a resumed run look different; an edited body does.
-    """
-    hasher.update(str(getattr(function, "__qualname__", type(function).__name__)).encode())
-    code = getattr(function, "__code__", None)
-    if code is None:
-        # A callable object: what its class's __call__ does.
-        code = getattr(type(function).__call__, "__code__", None)
-    if code is None:
-        return
-
-    def feed(code: Any) -> None:
-        hasher.update(code.co_code)
-        hasher.update(repr(code.co_names).encode())
-        for constant in code.co_consts:
-            if hasattr(constant, "co_code"):
-                feed(constant)
-            else:
-                hasher.update(repr(constant).encode())
-
-    feed(code)
-
-
-def _fingerprint(factory: Any, step: Any, config: Mapping[str, Any]) -> str:
-    hasher = hashlib.sha256()
-    _code_digest(factory, hasher)
-    _code_digest(step, hasher)
-    hasher.update(json.dumps(config, sort_keys=True).encode())
-    return hasher.hexdigest()
 
 
 class _Keys:
@@ -275,9 +240,9 @@ def map_traces(
         "shapes": {key: list(shape) for key, shape in shapes.items()},
         "column": column,
     }
-    fingerprint = _fingerprint(factory, step, config)
+    parts = fingerprint_parts(factory, step, config)
     path = None if out is None else Path(out)
-    index = _open_out(path, fingerprint, config, factory, step)
+    index = _open_out(path, parts, config, factory, step)
     if index["complete"]:
         return Store(index, path=path)
     done = {chunk["number"]: chunk for chunk in index["chunks"]}
@@ -344,13 +309,19 @@ def _rows_of(index: Mapping[str, Any], number: int) -> int:
 
 
 def _open_out(
-    path: Path | None, fingerprint: str, config: Mapping[str, Any], factory: Any, step: Any
+    path: Path | None,
+    parts: Mapping[str, str],
+    config: Mapping[str, Any],
+    factory: Any,
+    step: Any,
 ) -> dict[str, Any]:
     """The index to continue: ``out``'s own (same run), or a new one."""
+    fingerprint = run_fingerprint(parts)
     fresh: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "fingerprint": fingerprint,
+        "fingerprint_parts": dict(parts),
         "run": {
             "factory": describe_function(factory),
             "step": describe_function(step),
@@ -368,10 +339,14 @@ def _open_out(
     index = read_index(path)
     if index is not None:
         if index.get("fingerprint") != fingerprint:
+            theirs = index.get("fingerprint_parts") or {}
+            differ = [PART_NAMES[name] for name in parts if theirs.get(name) != parts[name]]
             raise RunMismatchError(
                 f"{path} holds a different run's data (step {index['run'].get('step')}, "
                 f"batch_size={index['run'].get('batch_size')}); this run "
-                f"(step {describe_function(step)}) would mix with it. Pass a new out=, or "
+                f"(step {describe_function(step)}) would mix with it: "
+                f"{' and '.join(differ) if theirs else 'its fingerprint'} differ"
+                f"{'s' if theirs and len(differ) == 1 else ''}. Pass a new out=, or "
                 f"delete {path} to start over. Nothing was changed"
             )
         clean_partial(path, index)
