@@ -176,6 +176,41 @@ def test_closed_cache_refuses_values_and_finalizer_flushes(tmp_path) -> None:
     assert json.loads((tmp_path / "b" / MANIFEST).read_text())["complete"] is True
 
 
+LEFT_OPEN = """
+import sys, torch
+from endoscope_cache import Cache
+cache = Cache(directory=sys.argv[1], shard_size=64)
+cache.add("model.a.output.i0", torch.zeros(16))
+cache.add("model.b.output.i0", torch.ones(16))
+if sys.argv[2] == "raise":
+    raise KeyError("batch 3")
+"""
+
+
+def test_a_cache_left_open_at_exit_is_complete_unless_the_process_died_of_an_error(
+    tmp_path,
+) -> None:
+    run_child(LEFT_OPEN, str(tmp_path / "ended"), "end")
+    ended = load(tmp_path / "ended")
+    assert ended.complete and torch.equal(ended.model.b.output, torch.ones(16))
+    died = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN, str(tmp_path / "died"), "raise"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert died.returncode == 1 and "KeyError: 'batch 3'" in died.stderr
+    with pytest.raises(IncompleteCacheError) as raised:
+        load(tmp_path / "died")
+    assert (
+        "stopped with an error before the end (KeyError: 'batch 3', uncaught: the process "
+        "exited before close())" in str(raised.value)
+    )
+    with pytest.warns(IncompleteCacheWarning):
+        partial = load(tmp_path / "died", allow_incomplete=True)
+    assert torch.equal(partial.model.b.output, torch.ones(16))  # what it recorded is there
+
+
 CHILD_WRITES = """
 import importlib.util, sys, torch
 from endoscope_cache import Cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -30,6 +32,43 @@ _MISSING: Any = object()
 _ITERATIONS: dict[str, int] = {}
 # What a parsed provider says: module path, "output" or "inputs", call number.
 Target = tuple[str, str, "int | None"]
+
+
+def _close_left_open(writer: ShardWriter) -> None:
+    """Close the writer of a disk cache nobody closed (dropped, or open at exit).
+
+    A dropped cache, or one still open when the interpreter exits normally, is
+    complete. One still open when it exits on an uncaught exception is not: the
+    run that was writing it died part-way, so it is left incomplete, naming the
+    exception (what a ``with`` block or ``close(error=)`` would have done).
+    """
+    failure = None
+    if _Exit.started:
+        # Set by the interpreter when it printed an uncaught exception's traceback.
+        error = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        if error is not None:
+            failure = f"{describe_error(error)}, uncaught: the process exited before close()"
+    writer.close(failure)
+
+
+class _Exit:
+    """Whether the interpreter is exiting, for :func:`_close_left_open`."""
+
+    hooked = False
+    started = False
+
+    @classmethod
+    def hook(cls) -> None:
+        # weakref.finalize runs its callbacks at exit from an atexit handler that
+        # it registers with the first finalizer; registered after it, this one runs
+        # before it (atexit is last in, first out) and marks the exit.
+        if not cls.hooked:
+            cls.hooked = True
+            atexit.register(cls._start)
+
+    @classmethod
+    def _start(cls) -> None:
+        cls.started = True
 
 
 def parse_provider(provider: str) -> Target | None:
@@ -258,7 +297,8 @@ class Cache:
             if self._writer.resumed:
                 self._resume(self._writer)
             # Write the last shard even if close() is never called.
-            self._finalizer = weakref.finalize(self, self._writer.close)
+            self._finalizer = weakref.finalize(self, _close_left_open, self._writer)
+            _Exit.hook()
         if self._writer is None and dtype is None:
             self._make_output = self._output_recorders()
 
