@@ -49,6 +49,23 @@ def test_the_values_a_step_captured_decide_it() -> None:
     )
 
 
+def test_odd_values_are_fed_without_failing() -> None:
+    import numpy as np
+
+    looped: list[Any] = [1]
+    looped.append(looped)
+    scalar, empty = torch.tensor(2.5), torch.zeros(0, 3)
+    meta = torch.empty(2, 2, device="meta")
+    bf16 = torch.ones(3, dtype=torch.bfloat16)
+    for value in (looped, scalar, empty, meta, bf16, np.arange(3)):
+        assert fingerprint(make_step(2, value)) == fingerprint(make_step(2, value))
+    assert fingerprint(make_step(2, torch.tensor(2.5))) != fingerprint(
+        make_step(2, torch.tensor(3.5))
+    )
+    assert fingerprint(make_step(2, np.arange(3))) != fingerprint(make_step(2, np.arange(4)))
+    assert fingerprint(make_step(2, bf16)) != fingerprint(make_step(2, bf16 * 2))
+
+
 def test_defaults_partials_and_callable_objects_decide_it() -> None:
     def with_default(lm: Any, x: torch.Tensor, layer: int = 2) -> Any:
         return lm[layer].output

@@ -110,11 +110,17 @@ def _callable_digest(function: Any, hasher: Any, seen: set[int]) -> None:
 
 def _value_digest(value: Any, hasher: Any, seen: set[int]) -> None:
     """Feed a value code was built with: plain values by text, containers item by
-    item, tensors by their bytes, functions by their code, anything else (a model,
-    a tokenizer) by its type alone."""
+    item, tensors and arrays by their bytes, functions by their code, anything else
+    (a model, a tokenizer) by its type alone."""
     if isinstance(value, _PLAIN):
         hasher.update(f"{type(value).__name__}:{value!r};".encode())
-    elif isinstance(value, (tuple, list)):
+        return
+    if isinstance(value, (tuple, list, dict)):
+        if id(value) in seen:  # a container holding itself
+            hasher.update(b"<again>")
+            return
+        seen.add(id(value))
+    if isinstance(value, (tuple, list)):
         hasher.update(f"{type(value).__name__}[{len(value)}]".encode())
         for item in value:
             _value_digest(item, hasher, seen)
@@ -126,9 +132,17 @@ def _value_digest(value: Any, hasher: Any, seen: set[int]) -> None:
             _value_digest(key, hasher, seen)
             _value_digest(item, hasher, seen)
     elif isinstance(value, torch.Tensor):
-        data = value.detach().to("cpu").contiguous()
-        hasher.update(f"tensor:{data.dtype}:{list(data.shape)};".encode())
-        hasher.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        hasher.update(f"tensor:{value.dtype}:{list(value.shape)};".encode())
+        try:
+            data = value.detach().to("cpu").contiguous().reshape(-1)
+            hasher.update(data.view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass  # no plain bytes (a meta, sparse or quantized tensor): dtype and shape
+    elif type(value).__module__ == "numpy" and hasattr(value, "tobytes"):
+        hasher.update(
+            f"ndarray:{getattr(value, 'dtype', '')}:{getattr(value, 'shape', '')};".encode()
+        )
+        hasher.update(value.tobytes())
     elif callable(value) and (hasattr(value, "__code__") or isinstance(value, functools.partial)):
         _callable_digest(value, hasher, seen)
     else:
