@@ -28,7 +28,7 @@ from endoscope_cache import (
 )
 from endoscope_cache._disk import read_manifest
 from endoscope_cache._journal import LostValue
-from endoscope_cache._shards import MANIFEST, shard_name
+from endoscope_cache._shards import MANIFEST, RECORDS, SHARDS, VERSION, shard_name
 
 # The toy model of conftest.py, rebuilt in child processes from the same seed.
 CONFTEST = Path(__file__).with_name("conftest.py")
@@ -146,7 +146,7 @@ def test_manifest_problems_are_reported(tmp_path) -> None:
     with Cache(directory=tmp_path / "ok", shard_size=8) as cache:
         cache.add("model.output.i0", torch.ones(4))
     manifest = json.loads((tmp_path / "ok" / MANIFEST).read_text())
-    assert manifest["complete"] is True and manifest["version"] == 1
+    assert manifest["complete"] is True and manifest["version"] == VERSION
     newer = dict(manifest, version=99)
     (tmp_path / "ok" / MANIFEST).write_text(json.dumps(newer))
     with pytest.raises(ValueError, match="newer endoscope-cache"):
@@ -363,6 +363,7 @@ sys.modules["toy_conftest"] = toy_module
 spec.loader.exec_module(toy_module)
 target_shard = shards.shard_name(target)
 real_write, real_replace = shards._Sink.write, os.replace
+real_append = shards.append_records
 
 
 def write_and_pause(point, directory):
@@ -395,8 +396,22 @@ def write_and_pause(point, directory):
         if point == "between-shards" and os.path.basename(destination) == target_shard:
             pause()  # the shard is in place; the manifest does not list it yet
 
+    def append(handle, data, fsync=True):
+        # the records and shard table lines of the commit that lists the target shard
+        log = os.path.basename(handle.name)
+        if os.path.exists(os.path.join(directory, target_shard)):
+            if (point, log) in (("mid-records", "records.jsonl"), ("mid-table", "shards.jsonl")):
+                real_append(handle, data[: len(data) // 2], fsync)
+                pause()
+            real_append(handle, data, fsync)
+            if (point, log) == ("after-records", "records.jsonl"):
+                pause()  # records appended, the manifest does not commit them yet
+        else:
+            real_append(handle, data, fsync)
+
     shards._Sink.write = write
     os.replace = replace
+    shards.append_records = append
     torch.manual_seed(0)
     model = toy_module.Toy().eval()
     cache = Cache(include_inputs=True, directory=directory, shard_size=1024)
@@ -423,7 +438,15 @@ for pid, point in writers.items():
     print("ended", point, os.waitstatus_to_exitcode(status), flush=True)
 """
 # Two passes write 51 shards of 1 KiB; shard 35 is filled in the middle of the second.
-KILL_POINTS = ("mid-shard", "between-shards", "manifest", "closing")
+KILL_POINTS = (
+    "mid-shard",
+    "between-shards",
+    "mid-records",
+    "after-records",
+    "mid-table",
+    "manifest",
+    "closing",
+)
 TARGET_SHARD = 35
 
 
@@ -487,12 +510,27 @@ def test_a_writer_killed_at_any_point_leaves_a_cache_that_says_what_it_holds(
     leftovers = {
         "mid-shard": directory / (shard_name(TARGET_SHARD) + ".partial"),
         "between-shards": directory / shard_name(TARGET_SHARD),
+        "mid-records": directory / shard_name(TARGET_SHARD),
+        "after-records": directory / shard_name(TARGET_SHARD),
+        "mid-table": directory / shard_name(TARGET_SHARD),
         "manifest": directory / "manifest.json.partial",
         "closing": directory / "manifest.json.partial",
     }
     assert leftovers[point].exists()  # the kill really hit the write in progress
-    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest = read_manifest(directory)
     assert manifest["complete"] is False
+    committed = manifest["records_file"]["bytes"]
+    on_disk = (directory / RECORDS).read_bytes()
+    table = (directory / SHARDS).read_bytes()
+    # Killed in or after the appends to the logs, they hold more than the manifest
+    # commits (half a line, or whole lines): readers see only the committed prefix.
+    before_logs = ("mid-shard", "between-shards")
+    assert (len(on_disk) > committed) == (point not in before_logs)
+    assert on_disk.endswith(b"\n") == (point != "mid-records")
+    grown = len(table) > manifest["shards_file"]["bytes"]
+    assert grown == (point not in (*before_logs, "mid-records", "after-records"))
+    assert table.endswith(b"\n") == (point != "mid-table")
+    assert len(manifest["records"]) == manifest["records_file"]["count"]
     listed = len(manifest["shards"])
     assert listed == (50 if point == "closing" else TARGET_SHARD)
 
@@ -552,12 +590,19 @@ def test_a_writer_killed_at_any_point_leaves_a_cache_that_says_what_it_holds(
     # A new writer checks the cache, clears what the kill left, and appends a pass.
     with Cache(include_inputs=True, directory=directory, shard_size=1024, append=True) as cache:
         assert not leftovers[point].exists() and not list(directory.glob("*.partial"))
+        # What the kill left past the committed records is cut off before appending.
+        assert (directory / RECORDS).read_bytes() == on_disk[:committed]
+        assert (directory / SHARDS).read_bytes() == table[: manifest["shards_file"]["bytes"]]
         assert len(cache.cache["model.embed"]) == 2  # the old values, readable
         recorder = recorder_factory(toy, cache)
         with torch.no_grad():
             toy(ids)
         recorder.remove()
     assert not (directory / "journal.jsonl").exists()
+    whole = load(directory)  # the old complete values and the appended pass
+    assert len(whole["model.embed"]) == 3
+    same(whole["model.embed"][2].output, ref.outputs["model.embed"][0])
+    same(whole["model.embed"][0].output, ref.outputs["model.embed"][0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = load(directory)

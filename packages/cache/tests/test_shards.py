@@ -11,10 +11,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from endoscope_cache import CorruptCacheError
+from endoscope_cache import CorruptCacheError, load
 from endoscope_cache._journal import writer_running
 from endoscope_cache._shards import (
     MANIFEST,
+    RECORDS,
+    SHARDS,
+    VERSION,
     ShardReader,
     ShardWriter,
     StoredValue,
@@ -25,7 +28,8 @@ from endoscope_cache._shards import (
 
 
 def manifest(directory: Path) -> dict:
-    return json.loads((directory / MANIFEST).read_text())
+    """The manifest's fields, with the committed records (from records.jsonl)."""
+    return read_manifest(directory, check_sizes=False)
 
 
 def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -291,8 +295,10 @@ def test_appending_continues_a_cache_after_checking_it(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "journal.jsonl",
         "manifest.json",
+        "records.jsonl",
         shard_name(0),
         shard_name(1),
+        "shards.jsonl",
     ]
     with pytest.raises(RuntimeError, match="being written by another running writer"):
         ShardWriter(tmp_path, append=True, header={"rename": {"h": "layers"}})
@@ -316,3 +322,168 @@ def test_appending_without_a_cache_starts_one(tmp_path: Path) -> None:
     assert writer.resumed == []
     writer.close()
     assert manifest(tmp_path / "new")["complete"] is True
+
+
+def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
+    import endoscope_cache._shards as shards
+
+    written: dict[str, int] = {}  # bytes written, by file
+    real_write, real_append = shards._Sink.write, shards.append_records
+
+    def write(self, data) -> None:
+        name = os.path.basename(self.handle.name)
+        written[name] = written.get(name, 0) + memoryview(data).nbytes
+        real_write(self, data)
+
+    def append(handle, data, fsync=True) -> None:
+        name = os.path.basename(handle.name)
+        written[name] = written.get(name, 0) + len(data)
+        real_append(handle, data, fsync)
+
+    monkeypatch.setattr(shards._Sink, "write", write)
+    monkeypatch.setattr(shards, "append_records", append)
+    writer = ShardWriter(tmp_path, shard_size=64, fsync=False)
+    per_commit = []  # bytes of everything but the shards, per commit
+    manifest_sizes = []
+    for i in range(201):
+        before = sum(n for name, n in written.items() if not name.startswith("shard-"))
+        # 64 bytes fill a shard: each value writes the previous one's shard and commits it
+        writer.write_value("model.layers.0", i, i, "output", torch.full((16,), float(i)))
+        if i:
+            after = sum(n for name, n in written.items() if not name.startswith("shard-"))
+            per_commit.append(after - before)
+            manifest_sizes.append((tmp_path / MANIFEST).stat().st_size)
+    assert len(per_commit) == 200 and len(manifest(tmp_path)["records"]) == 200
+    # One record, one shard-table line and a manifest of fixed fields per commit: the
+    # 200th costs what the 10th did (give or take the digits of growing numbers),
+    # where rewriting every record would cost 200 times one record.
+    record = len((tmp_path / RECORDS).read_bytes().splitlines()[-1]) + 1
+    assert max(per_commit[9:]) - per_commit[9] < 40 < record
+    assert max(manifest_sizes) < 400 and max(manifest_sizes) - manifest_sizes[9] < 20
+    assert written["manifest.json.partial"] < 201 * 400
+    writer.close()
+    loaded = manifest(tmp_path)
+    assert loaded["complete"] and [r["index"] for r in loaded["records"]] == list(range(201))
+    assert loaded["shards"] == [shard_name(i) for i in range(201)]
+    reader = ShardReader(tmp_path, checks=shard_checks(loaded))
+    for record_ in loaded["records"][::50]:
+        value = StoredValue(record_["value"], reader).load()
+        assert torch.equal(value, torch.full((16,), float(record_["index"])))
+
+
+def small_cache(directory: Path, count: int = 3, **kwargs) -> None:
+    writer = ShardWriter(directory, shard_size=64, **kwargs)
+    for i in range(count):
+        writer.write_value("m", i, i, "output", torch.full((16,), float(i)))
+    writer.close()
+
+
+def test_lines_past_the_committed_prefix_are_ignored_and_cut_off_on_append(
+    tmp_path: Path,
+) -> None:
+    small_cache(tmp_path)
+    committed = (tmp_path / RECORDS).read_bytes()
+    lines = committed.splitlines(keepends=True)
+    # As a writer killed between appending its records and replacing the manifest
+    # leaves them: a whole uncommitted line and half of another.
+    (tmp_path / RECORDS).write_bytes(committed + lines[0] + lines[1][:20])
+    (tmp_path / SHARDS).write_bytes((tmp_path / SHARDS).read_bytes() + b'{"name":"shard-0')
+    read = manifest(tmp_path)
+    assert [r["index"] for r in read["records"]] == [0, 1, 2] and len(read["shards"]) == 3
+    assert read_manifest(tmp_path)["records"] == read["records"]  # CRC-32 checked too
+    writer = ShardWriter(tmp_path, shard_size=64, append=True)
+    assert [r["index"] for r in writer.resumed] == [0, 1, 2]
+    assert (tmp_path / RECORDS).read_bytes() == committed  # cut to the committed prefix
+    writer.write_value("m", 3, 3, "output", torch.full((16,), 3.0))
+    writer.close()
+    read = read_manifest(tmp_path)
+    assert [r["index"] for r in read["records"]] == [0, 1, 2, 3]
+    reader = ShardReader(tmp_path, checks=shard_checks(read))
+    for record in read["records"]:
+        value = StoredValue(record["value"], reader).load()
+        assert torch.equal(value, torch.full((16,), float(record["index"])))
+
+
+def old_layout(directory: Path, sizes: bool = True) -> list[dict]:
+    """Rewrite a cache as version 1 wrote it: records and shard table in the manifest."""
+    current = read_manifest(directory)
+    old = {
+        "format": "endoscope-cache",
+        "version": 1,
+        "complete": current["complete"],
+        "shards": current["shards"],
+        "rename": {},
+        "alias": {},
+    }
+    if sizes:
+        old["shard_bytes"], old["shard_crc32"] = current["shard_bytes"], current["shard_crc32"]
+    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in old.items()]
+    records = ",\n".join(json.dumps(r, separators=(",", ":")) for r in current["records"])
+    text = "{\n" + ",\n".join(fields) + ',\n "records": [\n' + records + "\n ]\n}\n"
+    (directory / MANIFEST).write_text(text)
+    (directory / RECORDS).unlink()
+    (directory / SHARDS).unlink()
+    return current["records"]
+
+
+@pytest.mark.parametrize("sizes", [True, False], ids=["checked", "before-checks"])
+def test_an_old_layout_cache_loads_and_is_converted_by_appending(
+    tmp_path: Path, sizes: bool
+) -> None:
+    small_cache(tmp_path)
+    records = old_layout(tmp_path, sizes)
+    read = read_manifest(tmp_path)
+    assert read["version"] == 1 and read["records"] == records
+    # A records file beside a version 1 manifest (a conversion cut short) is not read.
+    (tmp_path / RECORDS).write_bytes(b"half a conver")
+    assert read_manifest(tmp_path)["records"] == records
+    writer = ShardWriter(tmp_path, shard_size=64, append=True)
+    assert writer.resumed == records
+    writer.write_value("m", 3, 3, "output", torch.full((16,), 3.0))
+    writer.close()
+    converted = read_manifest(tmp_path)
+    assert converted["version"] == VERSION and "records" not in json.loads(
+        (tmp_path / MANIFEST).read_text()
+    )
+    assert converted["records"][:3] == records and len(converted["records"]) == 4
+    assert converted["shards"] == [shard_name(i) for i in range(4)]
+    crcs = [zlib.crc32((tmp_path / name).read_bytes()) for name in converted["shards"]]
+    assert converted["shard_crc32"] == crcs
+    reader = ShardReader(tmp_path, checks=shard_checks(converted))
+    for record in converted["records"]:
+        value = StoredValue(record["value"], reader).load()
+        assert torch.equal(value, torch.full((16,), float(record["index"])))
+
+
+@pytest.mark.parametrize("log", [RECORDS, SHARDS])
+def test_a_damaged_records_or_shards_file_is_named(tmp_path: Path, log: str) -> None:
+    small_cache(tmp_path)
+    path = tmp_path / log
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])
+    with pytest.raises(CorruptCacheError, match=rf"{re.escape(str(path))} is truncated") as raised:
+        load(tmp_path)
+    assert raised.value.path == str(path)
+    with pytest.raises(CorruptCacheError, match="is truncated"):
+        read_manifest(tmp_path, check_sizes=False)  # cannot be read unchecked either
+    second = data.index(b"\n") + 1
+    path.write_bytes(data[:second] + b"x" + data[second + 1 :])  # line 2 broken
+    with pytest.raises(CorruptCacheError, match=rf"{re.escape(str(path))} is corrupted"):
+        read_manifest(tmp_path)
+    with pytest.raises(
+        CorruptCacheError, match=rf"{re.escape(str(path))} is damaged: line 2 is not"
+    ) as raised:
+        read_manifest(tmp_path, check_sizes=False)
+    assert raised.value.path == str(path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(path))} is missing"):
+        read_manifest(tmp_path)
+    # A manifest that does not say how much of the log is committed is named instead.
+    path.write_bytes(data)
+    head = json.loads((tmp_path / MANIFEST).read_text())
+    del head["records_file" if log == RECORDS else "shards_file"]
+    (tmp_path / MANIFEST).write_text(json.dumps(head))
+    with pytest.raises(
+        CorruptCacheError, match=rf"{re.escape(str(tmp_path / MANIFEST))} does not say how much"
+    ):
+        load(tmp_path)

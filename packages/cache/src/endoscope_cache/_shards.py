@@ -1,8 +1,12 @@
-"""Safetensors shards and the JSON manifest: writing as values arrive, reading lazily.
+"""Safetensors shards, the records file and the manifest: writing as values arrive,
+reading lazily.
 
 Layout of a cache directory::
 
-    manifest.json              what is cached: records of (path, call, kind, value node)
+    manifest.json              header: shards (with sizes and CRC-32s), state, and
+                               how much of records.jsonl is committed
+    records.jsonl              what is cached: one record (path, call, kind, value
+                               node) per line, appended at each commit
     shard-00000.safetensors    tensors, keyed by number
     shard-00001.safetensors
     ...
@@ -14,11 +18,19 @@ fit; a tensor larger than the buffer gets a shard of its own, streamed through t
 buffer. Memory therefore stays at about one shard, whatever the total.
 
 Crash safety: a shard is written under a temporary name, forced to the device and
-renamed into place; only then is the manifest rewritten (temporary name, fsync,
-rename) to list it, with its size and CRC-32, and the records whose tensors it
-completes. A crash at any point leaves a manifest that names only whole shards, and
-``"complete": false`` until ``close()``. The journal (see ``_journal``) names the
-values started since the last manifest: after a crash, those are what was lost.
+renamed into place; then the records whose tensors it completes are appended to
+``records.jsonl`` (one write, forced to the device); only then is the manifest
+rewritten (temporary name, fsync, rename) to list the shard, with its size and
+CRC-32, and the new length of the records file. A commit therefore writes the new
+records and a manifest whose size does not grow with the records, not every record
+so far. A crash at any point leaves a manifest that names only whole shards and a
+committed prefix of the records file (a reader ignores anything after it; an
+appending writer cuts it off), and ``"complete": false`` until ``close()``. The
+journal (see ``_journal``) names the values started since the last manifest: after
+a crash, those are what was lost.
+
+Version 1 manifests (before the records file) hold the records inline, under
+``"records"``; they are still read, and an appending writer converts them.
 
 The shards are written directly rather than through ``safetensors.torch.save_file``,
 which needs numpy and a second in-memory copy; they are read back with
@@ -27,6 +39,7 @@ which needs numpy and a second in-memory copy; they are read back with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -53,10 +66,13 @@ __all__ = [
     "FORMAT",
     "MANIFEST",
     "PARTIAL",
+    "RECORDS",
+    "SHARDS",
     "VERSION",
     "ShardReader",
     "ShardWriter",
     "StoredValue",
+    "append_records",
     "check_shard",
     "read_manifest",
     "shard_checks",
@@ -68,10 +84,14 @@ __all__ = [
 
 DEFAULT_SHARD_SIZE = 32 * 2**20
 MANIFEST = "manifest.json"
+RECORDS = "records.jsonl"
+SHARDS = "shards.jsonl"
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when whole
 _SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 FORMAT = "endoscope-cache"
-VERSION = 1
+# 2: records in records.jsonl, the manifest says how much of it is committed.
+# 1: records inline in the manifest (still read; converted by an appending writer).
+VERSION = 2
 # How many shards a reader keeps open (memory-mapped) at once.
 _OPEN_SHARDS = 16
 
@@ -154,6 +174,25 @@ def write_atomic(path: Path, pieces: Iterable[Any], fsync: bool = True) -> tuple
             os.fsync(handle.fileno())
     os.replace(partial, path)
     return sink.size, sink.crc
+
+
+def append_records(handle: Any, data: bytes, fsync: bool = True) -> None:
+    """Append one commit's records to the open records file.
+
+    The file is opened unbuffered in append mode, so this is one ``write(2)``
+    (repeated only for the rest of a short write).
+
+    Args:
+        handle: the records file, opened ``"ab"`` with ``buffering=0``.
+        data: whole lines, each one JSON record.
+        fsync: force the data to the device before returning, so that the manifest
+            that commits it is never durable before it.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[handle.write(view) :]
+    if fsync:
+        os.fsync(handle.fileno())
 
 
 def fsync_directory(directory: Path) -> None:
@@ -244,14 +283,22 @@ def shard_checks(manifest: dict[str, Any]) -> list[tuple[int | None, int | None]
 
 
 def read_manifest(directory: str | Path, *, check_sizes: bool = True) -> dict[str, Any]:
-    """Parse and check the manifest of a cache directory.
+    """Parse and check the manifest of a cache directory, with its committed records.
 
     Every shard it lists must exist and, with ``check_sizes``, have the size its writer
-    recorded (one ``stat`` per shard; checksums are left to the first read).
+    recorded (one ``stat`` per shard; checksums are left to the first read). The
+    committed prefix of ``records.jsonl`` is read and parsed (with ``check_sizes``,
+    checked against its CRC-32 too); whatever a crash left after it is ignored.
+
+    Returns:
+        The manifest's fields, with ``"records"`` holding the committed records
+        (dicts, in the order they arrived), whichever format version wrote them.
 
     Raises:
-        FileNotFoundError: no manifest, or a shard it names is missing.
-        CorruptCacheError: the manifest is not JSON, or a shard has the wrong size.
+        FileNotFoundError: no manifest, or a shard or records file it names is missing.
+        CorruptCacheError: the manifest is not JSON, a shard has the wrong size, or
+            the records file is shorter than committed or its committed part is
+            damaged; the message names the file.
         ValueError: the manifest is not an endoscope cache manifest this version reads.
     """
     directory = Path(directory)
@@ -276,9 +323,158 @@ def read_manifest(directory: str | Path, *, check_sizes: bool = True) -> dict[st
             f"{path} was written by a newer endoscope-cache (format version "
             f"{manifest['version']}, this one reads {VERSION}): upgrade endoscope-cache"
         )
+    if manifest.get("version", 1) >= 2:
+        shards = _read_log(directory, manifest, SHARDS, _SHARD_KEYS, check_sizes)
+        for index, entry in enumerate(shards):
+            if entry["name"] != shard_name(index):
+                raise _damaged_log(directory / SHARDS, f"line {index + 1} names another shard")
+        manifest["shards"] = [entry["name"] for entry in shards]
+        manifest["shard_bytes"] = [entry["bytes"] for entry in shards]
+        manifest["shard_crc32"] = [entry["crc32"] for entry in shards]
+        manifest["records"] = _read_log(directory, manifest, RECORDS, _RECORD_KEYS, check_sizes)
+    else:  # version 1: the shard table and the records are inline
+        manifest.setdefault("records", [])
     for index, (size, _) in enumerate(shard_checks(manifest)):
         check_shard(directory / shard_name(index), size if check_sizes else None, None)
     return manifest
+
+
+_RECORD_KEYS = frozenset(("path", "index", "iteration", "kind", "value"))
+_SHARD_KEYS = frozenset(("name", "bytes", "crc32"))
+# The manifest field that says how much of each log is committed.
+_LOG_FIELDS = {RECORDS: "records_file", SHARDS: "shards_file"}
+
+
+def _damaged_log(path: Path, what: str) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"cache {path.stem} file {path} is damaged: {what}. Restore it from a copy or "
+        f"write the cache again",
+        str(path),
+    )
+
+
+def _read_log(
+    directory: Path, manifest: dict[str, Any], name: str, keys: frozenset[str], check: bool
+) -> list[dict[str, Any]]:
+    """The committed lines of a version 2 log (``records.jsonl`` or ``shards.jsonl``):
+    the prefix its manifest commits, parsed, its CRC-32 compared with ``check``."""
+    path = directory / name
+    state = manifest.get(_LOG_FIELDS[name])
+    if not isinstance(state, dict):
+        state = {}
+    count, length = state.get("count"), state.get("bytes")
+    if not isinstance(count, int) or not isinstance(length, int) or count < 0 or length < 0:
+        raise CorruptCacheError(
+            f"{directory / MANIFEST} does not say how much of {name} is committed "
+            f"({_LOG_FIELDS[name]}: count, bytes); it is replaced atomically, so "
+            f"something other than endoscope-cache changed it. Restore it from a copy",
+            str(directory / MANIFEST),
+        )
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(length)
+    except FileNotFoundError:
+        if length:
+            raise FileNotFoundError(
+                f"{path} is missing: copy the cache directory whole, manifest, "
+                f"{RECORDS}, {SHARDS} and shards together"
+            ) from None
+        data = b""
+    if len(data) < length:
+        raise CorruptCacheError(
+            f"cache {path.stem} file {path} is truncated: it holds {len(data)} bytes, "
+            f"its manifest commits {length}. Restore it from a copy or write the cache again",
+            str(path),
+        )
+    crc = state.get("crc32")
+    if check and crc is not None and zlib.crc32(data) != crc:
+        raise CorruptCacheError(
+            f"cache {path.stem} file {path} is corrupted: its first {length} bytes (the "
+            f"committed part) do not match the CRC-32 its writer recorded. Restore it "
+            f"from a copy or write the cache again; load(directory, verify=False) reads "
+            f"it unchecked",
+            str(path),
+        )
+    lines = data.split(b"\n")
+    if lines.pop() != b"" or len(lines) != count:  # every committed line ends with \n
+        raise _damaged_log(
+            path, f"its committed {length} bytes hold {len(lines)} lines, not {count}"
+        )
+    try:  # one parse for all the lines: several times faster than a parse per line
+        entries = json.loads(b"[" + b",".join(lines) + b"]")
+    except (ValueError, UnicodeDecodeError):
+        entries = None
+    if (
+        entries is None
+        or len(entries) != count
+        or not all(isinstance(e, dict) and keys <= e.keys() for e in entries)
+    ):
+        bad = [n for n, line in enumerate(lines, 1) if not _is_entry(line, keys)]
+        where = f"line {bad[0]}" if bad else "a line"
+        raise _damaged_log(path, f"{where} is not a {path.stem[:-1]} entry")
+    return entries
+
+
+def _is_entry(line: bytes, keys: frozenset[str]) -> bool:
+    try:
+        entry = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(entry, dict) and keys <= entry.keys()
+
+
+class _Log:
+    """An append-only file of JSON lines, of which the manifest commits a prefix.
+
+    Each :meth:`append` is one write at the end of the file; the running count,
+    length and CRC-32 are what the next manifest commits.
+    """
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.count = 0
+        self.bytes = 0
+        self.crc = 0
+        self._file: Any = None
+
+    def open(self, committed: dict[str, Any] | None = None) -> None:
+        """Open for appending after the ``committed`` prefix (manifest state), cutting
+        off anything after it: lines a crash left uncommitted (None: everything)."""
+        # Unbuffered append mode: each append is one write(2) at the end of the file.
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
+        if committed is not None:
+            self.count, self.bytes = committed["count"], committed["bytes"]
+            crc = committed.get("crc32")
+            if crc is None:
+                with open(self.path, "rb") as handle:
+                    crc = zlib.crc32(handle.read(self.bytes))
+            self.crc = crc
+        self._file.truncate(self.bytes)
+
+    def append(self, lines: list[str]) -> None:
+        """Append serialised entries, forced to the device with ``fsync``."""
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            append_records(self._file, data, self.fsync)
+        except BaseException:
+            # Part of a line left at the end would sit inside the next commit's prefix.
+            with contextlib.suppress(OSError):
+                self._file.truncate(self.bytes)
+            raise
+        self.count += len(lines)
+        self.bytes += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+
+    def state(self) -> dict[str, int]:
+        """What the manifest records: how many lines and bytes are committed, and their CRC-32."""
+        return {"count": self.count, "bytes": self.bytes, "crc32": self.crc}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class ShardReader:
@@ -435,7 +631,10 @@ class ShardWriter:
         self._sizes: list[int] = []  # per written shard: bytes and CRC-32
         self._crcs: list[int] = []
         self._next_key = 0
-        self._records: list[str] = []  # committed: all their tensors are in written shards
+        # Committed records (all their tensors are in written shards) and the table of
+        # written shards, each appended to as it grows; the manifest commits a prefix.
+        self._records = _Log(self.directory / RECORDS, fsync)
+        self._shard_table = _Log(self.directory / SHARDS, fsync)
         self._pending: list[str] = []  # complete values whose shard is still in the buffer
         self._complete = False
         self._failure: str | None = None  # set by close(failure=...)
@@ -444,9 +643,13 @@ class ShardWriter:
         try:
             if existing:
                 self._resume()
+            else:  # no manifest: whatever the logs hold belongs to no cache
+                self._records.open()
+                self._shard_table.open()
             self._journal.truncate()
             self._write_manifest()
         except BaseException:
+            self._close_logs()
             self._journal.close(remove=False)
             raise
 
@@ -471,14 +674,43 @@ class ShardWriter:
             path = self.directory / shard_name(index)
             self._sizes.append(path.stat().st_size if size is None else size)
             self._crcs.append(file_crc32(path) if crc is None else crc)
-        self.resumed = manifest.get("records", [])
-        self._records = [json.dumps(r, separators=(",", ":")) for r in self.resumed]
+        self.resumed = manifest["records"]
+        if manifest.get("version", 1) >= 2:
+            # Cuts off what a crash left past the committed prefixes.
+            self._records.open(manifest[_LOG_FIELDS[RECORDS]])
+            self._shard_table.open(manifest[_LOG_FIELDS[SHARDS]])
+        else:
+            # A version 1 cache: its records and shard table move to the logs, which
+            # the manifest written next (by __init__) commits. A crash before then
+            # leaves the old manifest, which does not read the logs.
+            self._records.open()
+            self._shard_table.open()
+            self._records.append([json.dumps(r, separators=(",", ":")) for r in self.resumed])
+            self._log_shards()
         # What an interrupted writer left: half-written files and shards it wrote
         # but never listed. The next shards reuse those names.
         for path in self.directory.iterdir():
             number = shard_index(path.name)
             if path.name.endswith(PARTIAL) or (number is not None and number >= self._shard):
                 path.unlink(missing_ok=True)
+
+    def _close_logs(self) -> None:
+        self._records.close()
+        self._shard_table.close()
+
+    def _take_pending(self) -> None:
+        """Append the pending records (each a whole value in written shards)."""
+        self._records.append(self._pending)
+        self._pending = []
+
+    def _log_shards(self) -> None:
+        """Append the shards written since the last manifest to the shard table."""
+        self._shard_table.append(
+            [
+                f'{{"name":"{shard_name(i)}","bytes":{self._sizes[i]},"crc32":{self._crcs[i]}}}'
+                for i in range(self._shard_table.count, self._shard)
+            ]
+        )
 
     @property
     def closed(self) -> bool:
@@ -594,8 +826,7 @@ class ShardWriter:
         # Every pending record is a whole value whose tensors are all in written
         # shards by now; a value still being encoded is not pending yet.
         if self._pending:
-            self._records.extend(self._pending)
-            self._pending = []
+            self._take_pending()
             self._write_manifest()
             self._journal.committed()
 
@@ -620,14 +851,14 @@ class ShardWriter:
                 return
             if failure is None:
                 self._flush_buffer(commit=False)
-                self._records.extend(self._pending)
-                self._pending = []
+                self._take_pending()
                 self._complete = True
                 self._write_manifest()
                 self._journal.close(remove=True)
             else:
                 self._close_failed(failure)
             self._closed = True
+            self._close_logs()
             self._array = None
             if self._buffer is not None:
                 self._buffer.close()
@@ -638,8 +869,7 @@ class ShardWriter:
         self._failure = failure
         try:
             self._flush_buffer(commit=False)
-            self._records.extend(self._pending)
-            self._pending = []
+            self._take_pending()
             self._write_manifest()
         except Exception:
             # The run's own error is already on its way to the user; this one (a
@@ -658,24 +888,24 @@ class ShardWriter:
         return self.reader.get_tensor(node)
 
     def _write_manifest(self) -> None:
+        # The logs first, so that the manifest never commits more than they hold.
+        self._log_shards()
         head = {
             "format": FORMAT,
             "version": VERSION,
             "complete": self._complete,
-            "shards": [shard_name(i) for i in range(self._shard)],
-            "shard_bytes": self._sizes,
-            "shard_crc32": self._crcs,
+            _LOG_FIELDS[SHARDS]: self._shard_table.state(),
+            _LOG_FIELDS[RECORDS]: self._records.state(),
             **self._header,
         }
         if self._failure is not None:
             head["failure"] = self._failure
-        # One line per field and per record. Records are kept pre-serialised:
-        # rewriting the manifest is a join, not a dump.
+        # One line per field. Records and shards are in their logs, so the manifest's
+        # size does not grow with them: a commit writes only what is new.
         fields = [
             f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in head.items()
         ]
-        text = "{\n" + ",\n".join(fields) + ',\n "records": [\n'
-        text += ",\n".join(self._records) + "\n ]\n}\n"
+        text = "{\n" + ",\n".join(fields) + "\n}\n"
         write_atomic(self.directory / MANIFEST, [text.encode()], self.fsync)
         if self.fsync:
             fsync_directory(self.directory)
