@@ -42,7 +42,8 @@ def load(
 
     Navigation is the same as for the in-memory cache; tensors are read from the
     shards each time a value is accessed (``.output``, ``.inputs``, ``.input``), so
-    opening a large cache costs only the manifest and one ``stat`` per shard.
+    opening a large cache costs only the manifest with its records and shard table
+    (``records.jsonl``, ``shards.jsonl``) and one ``stat`` per shard.
 
     A cache whose writer did not finish (killed, crashed, still running, or closed
     after an error ended the run writing it) raises :class:`IncompleteCacheError`,
@@ -59,9 +60,10 @@ def load(
         directory: the cache directory.
         device: where tensors are placed when read.
         allow_incomplete: open an incomplete cache's complete part instead of raising.
-        verify: check each shard's size when opening and its CRC-32 the first time a
-            value in it is read (one pass over that shard's bytes). ``False`` skips
-            both, to read what is left of a damaged cache.
+        verify: check the CRC-32 of the committed records and shard table and each
+            shard's size when opening, and a shard's CRC-32 the first time a value in
+            it is read (one pass over that shard's bytes). ``False`` skips these, to
+            read what is left of a damaged cache.
 
     Returns:
         A :class:`CacheDict` over the directory.
@@ -70,7 +72,8 @@ def load(
         FileNotFoundError: no manifest, or a shard it lists is missing.
         IncompleteCacheError: the writer did not finish and ``allow_incomplete`` is false.
         CorruptCacheError: a shard is truncated (on opening) or its bytes changed (on
-            the first read from it); the message names the file.
+            the first read from it), or the records or shard table file is shorter
+            than its manifest commits or damaged; the message names the file.
     """
     directory = Path(directory)
     manifest = read_manifest(directory, check_sizes=verify)

@@ -1,12 +1,13 @@
-"""Safetensors shards, the records file and the manifest: writing as values arrive,
-reading lazily.
+"""Safetensors shards, the records and shard logs and the manifest: writing as values
+arrive, reading lazily.
 
 Layout of a cache directory::
 
-    manifest.json              header: shards (with sizes and CRC-32s), state, and
-                               how much of records.jsonl is committed
+    manifest.json              state (complete, failure, names) and how much of each
+                               log is committed (lines, bytes, CRC-32)
     records.jsonl              what is cached: one record (path, call, kind, value
                                node) per line, appended at each commit
+    shards.jsonl               the shard table: one line (name, bytes, CRC-32) per shard
     shard-00000.safetensors    tensors, keyed by number
     shard-00001.safetensors
     ...
@@ -19,18 +20,18 @@ buffer. Memory therefore stays at about one shard, whatever the total.
 
 Crash safety: a shard is written under a temporary name, forced to the device and
 renamed into place; then the records whose tensors it completes are appended to
-``records.jsonl`` (one write, forced to the device); only then is the manifest
-rewritten (temporary name, fsync, rename) to list the shard, with its size and
-CRC-32, and the new length of the records file. A commit therefore writes the new
-records and a manifest whose size does not grow with the records, not every record
-so far. A crash at any point leaves a manifest that names only whole shards and a
-committed prefix of the records file (a reader ignores anything after it; an
+``records.jsonl`` and the shard's line (size and CRC-32) to ``shards.jsonl`` (one write
+each, forced to the device); only then is the manifest, which holds no records and no
+shard list, replaced (temporary name, fsync, rename) to commit the new length of both
+logs. A commit therefore writes what is new plus a manifest of fixed size, not every
+record and shard so far. A crash at any point leaves a manifest that commits only
+whole shards and a prefix of each log (a reader ignores anything after it; an
 appending writer cuts it off), and ``"complete": false`` until ``close()``. The
-journal (see ``_journal``) names the values started since the last manifest: after
-a crash, those are what was lost.
+journal (see ``_journal``) names the values started since the last manifest: after a
+crash, those are what was lost.
 
-Version 1 manifests (before the records file) hold the records inline, under
-``"records"``; they are still read, and an appending writer converts them.
+Version 1 manifests (before the logs) hold the shard list and the records inline;
+they are still read, and an appending writer converts them.
 
 The shards are written directly rather than through ``safetensors.torch.save_file``,
 which needs numpy and a second in-memory copy; they are read back with
@@ -89,8 +90,10 @@ SHARDS = "shards.jsonl"
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when whole
 _SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 FORMAT = "endoscope-cache"
-# 2: records in records.jsonl, the manifest says how much of it is committed.
-# 1: records inline in the manifest (still read; converted by an appending writer).
+# 2: records and shard table in records.jsonl and shards.jsonl, the manifest says how
+#    much of each is committed.
+# 1: records and shard table inline in the manifest (still read; an appending writer
+#    converts them).
 VERSION = 2
 # How many shards a reader keeps open (memory-mapped) at once.
 _OPEN_SHARDS = 16
@@ -285,20 +288,23 @@ def shard_checks(manifest: dict[str, Any]) -> list[tuple[int | None, int | None]
 def read_manifest(directory: str | Path, *, check_sizes: bool = True) -> dict[str, Any]:
     """Parse and check the manifest of a cache directory, with its committed records.
 
-    Every shard it lists must exist and, with ``check_sizes``, have the size its writer
-    recorded (one ``stat`` per shard; checksums are left to the first read). The
-    committed prefix of ``records.jsonl`` is read and parsed (with ``check_sizes``,
-    checked against its CRC-32 too); whatever a crash left after it is ignored.
+    The committed prefixes of ``shards.jsonl`` and ``records.jsonl`` are read and
+    parsed (with ``check_sizes``, compared with their CRC-32 too); whatever a crash
+    left after them is ignored. Every shard must exist and, with ``check_sizes``, have
+    the size its writer recorded (one ``stat`` per shard; shard checksums are left to
+    the first read).
 
     Returns:
-        The manifest's fields, with ``"records"`` holding the committed records
-        (dicts, in the order they arrived), whichever format version wrote them.
+        The manifest's fields, whichever format version wrote them, with
+        ``"records"`` holding the committed records (dicts, in the order they
+        arrived) and ``"shards"``, ``"shard_bytes"``, ``"shard_crc32"`` the shard
+        table (names, sizes, CRC-32s).
 
     Raises:
-        FileNotFoundError: no manifest, or a shard or records file it names is missing.
+        FileNotFoundError: no manifest, or a shard or log it names is missing.
         CorruptCacheError: the manifest is not JSON, a shard has the wrong size, or
-            the records file is shorter than committed or its committed part is
-            damaged; the message names the file.
+            a log is shorter than committed or its committed part is damaged; the
+            message names the file.
         ValueError: the manifest is not an endoscope cache manifest this version reads.
     """
     directory = Path(directory)
@@ -581,8 +587,8 @@ class ShardWriter:
         device: where tensors read back through this writer are placed.
         header: extra manifest fields (``rename``, ``alias``).
         fsync: force each shard and manifest to the device before renaming it into
-            place, so that a power cut, not only a killed process, leaves a
-            consistent cache.
+            place, and each append to the logs before the manifest that commits it,
+            so that a power cut, not only a killed process, leaves a consistent cache.
         append: add to the cache already in ``directory`` (complete, or left
             incomplete by an interrupted writer) after checking every shard it lists;
             its values are in :attr:`resumed`. Without a cache there, start a new one.
