@@ -363,7 +363,7 @@ sys.modules["toy_conftest"] = toy_module
 spec.loader.exec_module(toy_module)
 target_shard = shards.shard_name(target)
 real_write, real_replace = shards._Sink.write, os.replace
-real_append = shards.append_records
+real_append = shards.append_lines
 
 
 def write_and_pause(point, directory):
@@ -411,7 +411,7 @@ def write_and_pause(point, directory):
 
     shards._Sink.write = write
     os.replace = replace
-    shards.append_records = append
+    shards.append_lines = append
     torch.manual_seed(0)
     model = toy_module.Toy().eval()
     cache = Cache(include_inputs=True, directory=directory, shard_size=1024)

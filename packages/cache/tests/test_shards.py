@@ -328,7 +328,7 @@ def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
     import endoscope_cache._shards as shards
 
     written: dict[str, int] = {}  # bytes written, by file
-    real_write, real_append = shards._Sink.write, shards.append_records
+    real_write, real_append = shards._Sink.write, shards.append_lines
 
     def write(self, data) -> None:
         name = os.path.basename(self.handle.name)
@@ -341,7 +341,7 @@ def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
         real_append(handle, data, fsync)
 
     monkeypatch.setattr(shards._Sink, "write", write)
-    monkeypatch.setattr(shards, "append_records", append)
+    monkeypatch.setattr(shards, "append_lines", append)
     writer = ShardWriter(tmp_path, shard_size=64, fsync=False)
     per_commit = []  # bytes of everything but the shards, per commit
     manifest_sizes = []

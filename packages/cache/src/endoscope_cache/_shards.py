@@ -73,7 +73,7 @@ __all__ = [
     "ShardReader",
     "ShardWriter",
     "StoredValue",
-    "append_records",
+    "append_lines",
     "check_shard",
     "read_manifest",
     "shard_checks",
@@ -179,15 +179,15 @@ def write_atomic(path: Path, pieces: Iterable[Any], fsync: bool = True) -> tuple
     return sink.size, sink.crc
 
 
-def append_records(handle: Any, data: bytes, fsync: bool = True) -> None:
-    """Append one commit's records to the open records file.
+def append_lines(handle: Any, data: bytes, fsync: bool = True) -> None:
+    """Append one commit's lines to an open log (``records.jsonl``, ``shards.jsonl``).
 
     The file is opened unbuffered in append mode, so this is one ``write(2)``
     (repeated only for the rest of a short write).
 
     Args:
-        handle: the records file, opened ``"ab"`` with ``buffering=0``.
-        data: whole lines, each one JSON record.
+        handle: the log, opened ``"ab"`` with ``buffering=0``.
+        data: whole lines, each one JSON object.
         fsync: force the data to the device before returning, so that the manifest
             that commits it is never durable before it.
     """
@@ -464,7 +464,7 @@ class _Log:
             return
         data = ("\n".join(lines) + "\n").encode()
         try:
-            append_records(self._file, data, self.fsync)
+            append_lines(self._file, data, self.fsync)
         except BaseException:
             # Part of a line left at the end would sit inside the next commit's prefix.
             with contextlib.suppress(OSError):
