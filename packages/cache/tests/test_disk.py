@@ -352,6 +352,7 @@ def test_streaming_400_mb_keeps_memory_bounded(tmp_path) -> None:
 # forked from one process so that torch is imported once.
 CHILD_PAUSES = """
 import importlib.util, os, signal, sys, torch
+import endoscope_cache._logs as logs
 import endoscope_cache._shards as shards
 from endoscope_cache import Cache
 
@@ -363,7 +364,7 @@ sys.modules["toy_conftest"] = toy_module
 spec.loader.exec_module(toy_module)
 target_shard = shards.shard_name(target)
 real_write, real_replace = shards._Sink.write, os.replace
-real_append = shards.append_lines
+real_append = logs.append_lines
 
 
 def write_and_pause(point, directory):
@@ -411,7 +412,7 @@ def write_and_pause(point, directory):
 
     shards._Sink.write = write
     os.replace = replace
-    shards.append_lines = append
+    logs.append_lines = append
     torch.manual_seed(0)
     model = toy_module.Toy().eval()
     cache = Cache(include_inputs=True, directory=directory, shard_size=1024)

@@ -325,10 +325,11 @@ def test_appending_without_a_cache_starts_one(tmp_path: Path) -> None:
 
 
 def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
+    import endoscope_cache._logs as logs
     import endoscope_cache._shards as shards
 
     written: dict[str, int] = {}  # bytes written, by file
-    real_write, real_append = shards._Sink.write, shards.append_lines
+    real_write, real_append = shards._Sink.write, logs.append_lines
 
     def write(self, data) -> None:
         name = os.path.basename(self.handle.name)
@@ -341,7 +342,7 @@ def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
         real_append(handle, data, fsync)
 
     monkeypatch.setattr(shards._Sink, "write", write)
-    monkeypatch.setattr(shards, "append_lines", append)
+    monkeypatch.setattr(logs, "append_lines", append)
     writer = ShardWriter(tmp_path, shard_size=64, fsync=False)
     per_commit = []  # bytes of everything but the shards, per commit
     manifest_sizes = []

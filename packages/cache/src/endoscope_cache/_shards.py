@@ -30,6 +30,7 @@ appending writer cuts it off), and ``"complete": false`` until ``close()``. The
 journal (see ``_journal``) names the values started since the last manifest: after a
 crash, those are what was lost.
 
+The logs themselves (appending, reading the committed prefix) are in ``_logs``.
 Version 1 manifests (before the logs) hold the shard list and the records inline;
 they are still read, and an appending writer converts them.
 
@@ -40,7 +41,6 @@ which needs numpy and a second in-memory copy; they are read back with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import mmap
 import os
@@ -61,6 +61,17 @@ from ._codec import Node, decode, describe_node, dtype_from_name, encode
 from ._entry import Deferred
 from ._errors import CorruptCacheError
 from ._journal import Journal
+from ._logs import (
+    LOG_FIELDS,
+    MANIFEST,
+    RECORD_KEYS,
+    RECORDS,
+    SHARD_KEYS,
+    SHARDS,
+    Log,
+    damaged_log,
+    read_log,
+)
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -73,7 +84,6 @@ __all__ = [
     "ShardReader",
     "ShardWriter",
     "StoredValue",
-    "append_lines",
     "check_shard",
     "read_manifest",
     "shard_checks",
@@ -84,9 +94,6 @@ __all__ = [
 ]
 
 DEFAULT_SHARD_SIZE = 32 * 2**20
-MANIFEST = "manifest.json"
-RECORDS = "records.jsonl"
-SHARDS = "shards.jsonl"
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when whole
 _SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 FORMAT = "endoscope-cache"
@@ -177,25 +184,6 @@ def write_atomic(path: Path, pieces: Iterable[Any], fsync: bool = True) -> tuple
             os.fsync(handle.fileno())
     os.replace(partial, path)
     return sink.size, sink.crc
-
-
-def append_lines(handle: Any, data: bytes, fsync: bool = True) -> None:
-    """Append one commit's lines to an open log (``records.jsonl``, ``shards.jsonl``).
-
-    The file is opened unbuffered in append mode, so this is one ``write(2)``
-    (repeated only for the rest of a short write).
-
-    Args:
-        handle: the log, opened ``"ab"`` with ``buffering=0``.
-        data: whole lines, each one JSON object.
-        fsync: force the data to the device before returning, so that the manifest
-            that commits it is never durable before it.
-    """
-    view = memoryview(data)
-    while view:
-        view = view[handle.write(view) :]
-    if fsync:
-        os.fsync(handle.fileno())
 
 
 def fsync_directory(directory: Path) -> None:
@@ -330,157 +318,19 @@ def read_manifest(directory: str | Path, *, check_sizes: bool = True) -> dict[st
             f"{manifest['version']}, this one reads {VERSION}): upgrade endoscope-cache"
         )
     if manifest.get("version", 1) >= 2:
-        shards = _read_log(directory, manifest, SHARDS, _SHARD_KEYS, check_sizes)
+        shards = read_log(directory, manifest, SHARDS, SHARD_KEYS, check_sizes)
         for index, entry in enumerate(shards):
             if entry["name"] != shard_name(index):
-                raise _damaged_log(directory / SHARDS, f"line {index + 1} names another shard")
+                raise damaged_log(directory / SHARDS, f"line {index + 1} names another shard")
         manifest["shards"] = [entry["name"] for entry in shards]
         manifest["shard_bytes"] = [entry["bytes"] for entry in shards]
         manifest["shard_crc32"] = [entry["crc32"] for entry in shards]
-        manifest["records"] = _read_log(directory, manifest, RECORDS, _RECORD_KEYS, check_sizes)
+        manifest["records"] = read_log(directory, manifest, RECORDS, RECORD_KEYS, check_sizes)
     else:  # version 1: the shard table and the records are inline
         manifest.setdefault("records", [])
     for index, (size, _) in enumerate(shard_checks(manifest)):
         check_shard(directory / shard_name(index), size if check_sizes else None, None)
     return manifest
-
-
-_RECORD_KEYS = frozenset(("path", "index", "iteration", "kind", "value"))
-_SHARD_KEYS = frozenset(("name", "bytes", "crc32"))
-# The manifest field that says how much of each log is committed.
-_LOG_FIELDS = {RECORDS: "records_file", SHARDS: "shards_file"}
-
-
-def _damaged_log(path: Path, what: str) -> CorruptCacheError:
-    return CorruptCacheError(
-        f"cache {path.stem} file {path} is damaged: {what}. Restore it from a copy or "
-        f"write the cache again",
-        str(path),
-    )
-
-
-def _read_log(
-    directory: Path, manifest: dict[str, Any], name: str, keys: frozenset[str], check: bool
-) -> list[dict[str, Any]]:
-    """The committed lines of a version 2 log (``records.jsonl`` or ``shards.jsonl``):
-    the prefix its manifest commits, parsed, its CRC-32 compared with ``check``."""
-    path = directory / name
-    state = manifest.get(_LOG_FIELDS[name])
-    if not isinstance(state, dict):
-        state = {}
-    count, length = state.get("count"), state.get("bytes")
-    if not isinstance(count, int) or not isinstance(length, int) or count < 0 or length < 0:
-        raise CorruptCacheError(
-            f"{directory / MANIFEST} does not say how much of {name} is committed "
-            f"({_LOG_FIELDS[name]}: count, bytes); it is replaced atomically, so "
-            f"something other than endoscope-cache changed it. Restore it from a copy",
-            str(directory / MANIFEST),
-        )
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(length)
-    except FileNotFoundError:
-        if length:
-            raise FileNotFoundError(
-                f"{path} is missing: copy the cache directory whole, manifest, "
-                f"{RECORDS}, {SHARDS} and shards together"
-            ) from None
-        data = b""
-    if len(data) < length:
-        raise CorruptCacheError(
-            f"cache {path.stem} file {path} is truncated: it holds {len(data)} bytes, "
-            f"its manifest commits {length}. Restore it from a copy or write the cache again",
-            str(path),
-        )
-    crc = state.get("crc32")
-    if check and crc is not None and zlib.crc32(data) != crc:
-        raise CorruptCacheError(
-            f"cache {path.stem} file {path} is corrupted: its first {length} bytes (the "
-            f"committed part) do not match the CRC-32 its writer recorded. Restore it "
-            f"from a copy or write the cache again; load(directory, verify=False) reads "
-            f"it unchecked",
-            str(path),
-        )
-    lines = data.split(b"\n")
-    if lines.pop() != b"" or len(lines) != count:  # every committed line ends with \n
-        raise _damaged_log(
-            path, f"its committed {length} bytes hold {len(lines)} lines, not {count}"
-        )
-    try:  # one parse for all the lines: several times faster than a parse per line
-        entries = json.loads(b"[" + b",".join(lines) + b"]")
-    except (ValueError, UnicodeDecodeError):
-        entries = None
-    if (
-        entries is None
-        or len(entries) != count
-        or not all(isinstance(e, dict) and keys <= e.keys() for e in entries)
-    ):
-        bad = [n for n, line in enumerate(lines, 1) if not _is_entry(line, keys)]
-        where = f"line {bad[0]}" if bad else "a line"
-        raise _damaged_log(path, f"{where} is not a {path.stem[:-1]} entry")
-    return entries
-
-
-def _is_entry(line: bytes, keys: frozenset[str]) -> bool:
-    try:
-        entry = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(entry, dict) and keys <= entry.keys()
-
-
-class _Log:
-    """An append-only file of JSON lines, of which the manifest commits a prefix.
-
-    Each :meth:`append` is one write at the end of the file; the running count,
-    length and CRC-32 are what the next manifest commits.
-    """
-
-    def __init__(self, path: Path, fsync: bool) -> None:
-        self.path = path
-        self.fsync = fsync
-        self.count = 0
-        self.bytes = 0
-        self.crc = 0
-        self._file: Any = None
-
-    def open(self, committed: dict[str, Any] | None = None) -> None:
-        """Open for appending after the ``committed`` prefix (manifest state), cutting
-        off anything after it: lines a crash left uncommitted (None: everything)."""
-        # Unbuffered append mode: each append is one write(2) at the end of the file.
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
-        if committed is not None:
-            self.count, self.bytes = committed["count"], committed["bytes"]
-            crc = committed.get("crc32")
-            if crc is None:
-                with open(self.path, "rb") as handle:
-                    crc = zlib.crc32(handle.read(self.bytes))
-            self.crc = crc
-        self._file.truncate(self.bytes)
-
-    def append(self, lines: list[str]) -> None:
-        """Append serialised entries, forced to the device with ``fsync``."""
-        if not lines:
-            return
-        data = ("\n".join(lines) + "\n").encode()
-        try:
-            append_lines(self._file, data, self.fsync)
-        except BaseException:
-            # Part of a line left at the end would sit inside the next commit's prefix.
-            with contextlib.suppress(OSError):
-                self._file.truncate(self.bytes)
-            raise
-        self.count += len(lines)
-        self.bytes += len(data)
-        self.crc = zlib.crc32(data, self.crc)
-
-    def state(self) -> dict[str, int]:
-        """What the manifest records: how many lines and bytes are committed, and their CRC-32."""
-        return {"count": self.count, "bytes": self.bytes, "crc32": self.crc}
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
 
 
 class ShardReader:
@@ -639,8 +489,8 @@ class ShardWriter:
         self._next_key = 0
         # Committed records (all their tensors are in written shards) and the table of
         # written shards, each appended to as it grows; the manifest commits a prefix.
-        self._records = _Log(self.directory / RECORDS, fsync)
-        self._shard_table = _Log(self.directory / SHARDS, fsync)
+        self._records = Log(self.directory / RECORDS, fsync)
+        self._shard_table = Log(self.directory / SHARDS, fsync)
         self._pending: list[str] = []  # complete values whose shard is still in the buffer
         self._complete = False
         self._failure: str | None = None  # set by close(failure=...)
@@ -683,8 +533,8 @@ class ShardWriter:
         self.resumed = manifest["records"]
         if manifest.get("version", 1) >= 2:
             # Cuts off what a crash left past the committed prefixes.
-            self._records.open(manifest[_LOG_FIELDS[RECORDS]])
-            self._shard_table.open(manifest[_LOG_FIELDS[SHARDS]])
+            self._records.open(manifest[LOG_FIELDS[RECORDS]])
+            self._shard_table.open(manifest[LOG_FIELDS[SHARDS]])
         else:
             # A version 1 cache: its records and shard table move to the logs, which
             # the manifest written next (by __init__) commits. A crash before then
@@ -900,8 +750,8 @@ class ShardWriter:
             "format": FORMAT,
             "version": VERSION,
             "complete": self._complete,
-            _LOG_FIELDS[SHARDS]: self._shard_table.state(),
-            _LOG_FIELDS[RECORDS]: self._records.state(),
+            LOG_FIELDS[SHARDS]: self._shard_table.state(),
+            LOG_FIELDS[RECORDS]: self._records.state(),
             **self._header,
         }
         if self._failure is not None:
