@@ -363,7 +363,7 @@ toy_module = importlib.util.module_from_spec(spec)
 sys.modules["toy_conftest"] = toy_module
 spec.loader.exec_module(toy_module)
 target_shard = shards.shard_name(target)
-real_write, real_replace = shards._Sink.write, os.replace
+real_write, real_replace = shards.Sink.write, os.replace
 real_append = logs.append_lines
 
 
@@ -410,7 +410,7 @@ def write_and_pause(point, directory):
         else:
             real_append(handle, data, fsync)
 
-    shards._Sink.write = write
+    shards.Sink.write = write
     os.replace = replace
     logs.append_lines = append
     torch.manual_seed(0)

@@ -19,12 +19,12 @@ from endoscope_cache._shards import (
     SHARDS,
     VERSION,
     ShardReader,
-    ShardWriter,
     StoredValue,
     read_manifest,
     shard_checks,
     shard_name,
 )
+from endoscope_cache._writer import ShardWriter
 
 
 def manifest(directory: Path) -> dict:
@@ -329,7 +329,7 @@ def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
     import endoscope_cache._shards as shards
 
     written: dict[str, int] = {}  # bytes written, by file
-    real_write, real_append = shards._Sink.write, logs.append_lines
+    real_write, real_append = shards.Sink.write, logs.append_lines
 
     def write(self, data) -> None:
         name = os.path.basename(self.handle.name)
@@ -341,7 +341,7 @@ def test_a_commit_writes_only_what_is_new(tmp_path: Path, monkeypatch) -> None:
         written[name] = written.get(name, 0) + len(data)
         real_append(handle, data, fsync)
 
-    monkeypatch.setattr(shards._Sink, "write", write)
+    monkeypatch.setattr(shards.Sink, "write", write)
     monkeypatch.setattr(logs, "append_lines", append)
     writer = ShardWriter(tmp_path, shard_size=64, fsync=False)
     per_commit = []  # bytes of everything but the shards, per commit

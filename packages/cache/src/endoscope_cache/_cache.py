@@ -16,7 +16,8 @@ from ._cachedict import CacheDict
 from ._entry import _OUTPUT, Entry, EntryList, off_kinds, switched_off
 from ._errors import describe_error
 from ._nested import map_tensors
-from ._shards import DEFAULT_SHARD_SIZE, ShardWriter, StoredValue
+from ._shards import DEFAULT_SHARD_SIZE, StoredValue
+from ._writer import ShardWriter
 
 __all__ = ["Cache", "parse_provider"]
 

@@ -22,11 +22,11 @@ from ._journal import (
 from ._shards import (
     DEFAULT_SHARD_SIZE,
     ShardReader,
-    ShardWriter,
     StoredValue,
     read_manifest,
     shard_checks,
 )
+from ._writer import ShardWriter
 
 __all__ = ["dump", "load", "read_manifest"]
 
