@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import _models
+import pytest
 import torch
 
+from endoscope_ray import RunMismatchError
 from endoscope_ray._fingerprint import fingerprint_parts, run_fingerprint
+from endoscope_ray._run import _open_out
 
 CONFIG = {"batch_size": 4}
 
@@ -170,3 +174,25 @@ def test_the_same_in_another_process() -> None:
             check=True,
         )
         assert child.stdout.split() == expected
+
+
+def test_a_refused_resume_names_the_parts_that_differ(tmp_path: Path) -> None:
+    def open_out(step: Any, config: Any) -> Any:
+        parts = fingerprint_parts(_models.load_mlp, step, config)
+        return _open_out(tmp_path / "out", parts, config, _models.load_mlp, step)
+
+    open_out(make_step(2), CONFIG)
+    open_out(make_step(2), CONFIG)  # the same run: its index, nothing refused
+    with pytest.raises(RunMismatchError, match=r"would mix with it: the step \(.*\) differs\. "):
+        open_out(make_step(3), CONFIG)
+    with pytest.raises(
+        RunMismatchError, match=r": the step \(.*\) and the options \(.*\) differ\. "
+    ):
+        open_out(make_step(3), {"batch_size": 8})
+    # An index from before the parts were kept: nothing to name but the fingerprint.
+    index_path = tmp_path / "out" / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["fingerprint_parts"]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(RunMismatchError, match=r"would mix with it: its fingerprint differs\. "):
+        open_out(make_step(3), CONFIG)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["fingerprint_parts", "run_fingerprint"]
+__all__ = ["PART_NAMES", "fingerprint_parts", "run_fingerprint"]
 
 # Values fed by their text: the same text in every process and on every machine.
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)

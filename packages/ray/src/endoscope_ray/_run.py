@@ -339,14 +339,17 @@ def _open_out(
     index = read_index(path)
     if index is not None:
         if index.get("fingerprint") != fingerprint:
+            # An index written before the parts were kept names no part.
             theirs = index.get("fingerprint_parts") or {}
-            differ = [PART_NAMES[name] for name in parts if theirs.get(name) != parts[name]]
+            differ = [
+                PART_NAMES[name] for name in parts if name in theirs and theirs[name] != parts[name]
+            ]
+            what = " and ".join(differ) or "its fingerprint"
             raise RunMismatchError(
                 f"{path} holds a different run's data (step {index['run'].get('step')}, "
                 f"batch_size={index['run'].get('batch_size')}); this run "
-                f"(step {describe_function(step)}) would mix with it: "
-                f"{' and '.join(differ) if theirs else 'its fingerprint'} differ"
-                f"{'s' if theirs and len(differ) == 1 else ''}. Pass a new out=, or "
+                f"(step {describe_function(step)}) would mix with it: {what} "
+                f"{'differ' if len(differ) > 1 else 'differs'}. Pass a new out=, or "
                 f"delete {path} to start over. Nothing was changed"
             )
         clean_partial(path, index)
