@@ -795,3 +795,33 @@ def test_at_module_level_invokes_do_not_read_an_earlier_traces_placeholder(net, 
     namespace = {"model": NNsight(net), "x": x}
     exec(compile(source, name, "exec"), namespace)
     assert torch.allclose(namespace["patched"], _patched_row(net, x))
+
+
+class _Probe(torch.nn.Module):
+    """Records what an exception raised and caught inside its forward is chained to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 3)
+        self.contexts: list[BaseException | None] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            raise KeyError("caught inside the forward")
+        except KeyError as error:
+            self.contexts.append(error.__context__)
+        return self.fc(x)
+
+
+def test_the_model_runs_with_no_exception_being_handled(no_leftovers) -> None:
+    # The model runs from the trace's __exit__, inside the with statement's handler
+    # of the body-skipping exception: exceptions raised in the forward (transformers
+    # raises dozens, caught at once) must not be chained to it and built eagerly.
+    probe = _Probe()
+    x = torch.randn(2, 3)
+    model = NNsight(probe)
+    with model.trace(x):
+        out = save(model.fc.output)
+    assert probe.contexts == [None]
+    assert torch.equal(out, probe.fc(x))
+    assert sys.exc_info() == (None, None, None)

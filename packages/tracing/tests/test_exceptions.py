@@ -108,3 +108,39 @@ def test_block_can_still_save_after_a_caught_error() -> None:
         except ValueError:
             caught = save(True)
     assert caught
+
+
+def test_the_body_runs_with_no_exception_being_handled() -> None:
+    # __exit__ runs inside the with statement's handler of the body-skipping
+    # exception; the body (and a model run beside it) must not see it as handled,
+    # or every exception raised there is chained to it (and built eagerly).
+    with Tracer():
+        handled = save(sys.exc_info())
+        try:
+            raise KeyError("inner")
+        except KeyError as error:
+            context = save(error.__context__)
+    assert handled == (None, None, None)
+    assert context is None
+    # After the block the handler's state is whatever it was before it.
+    assert sys.exc_info() == (None, None, None)
+
+
+def test_a_block_inside_an_except_keeps_the_outer_exception_as_context() -> None:
+    try:
+        raise ValueError("outer")
+    except ValueError as error:
+        outer = error
+        with Tracer():
+            try:
+                raise KeyError("inner")
+            except KeyError as inner:
+                context = save(inner.__context__)
+        # Still handling the outer exception after the block.
+        after = sys.exc_info()[1]
+        with pytest.raises(RuntimeError) as caught:
+            with Tracer():
+                raise RuntimeError("in the body")  # noqa: B904 (the chaining is the point)
+    assert context is outer
+    assert after is outer
+    assert caught.value.__context__ is outer

@@ -14,10 +14,15 @@ Everything here that depends on the CPython version is in this module:
   lands inside the ``with`` and reaches its ``__exit__``. The previous global and
   frame trace functions are restored before raising, so a debugger or coverage
   running around a trace keeps working.
+* Leaving the ``with`` statement's exception handler: ``__exit__`` runs while that
+  exception is being handled, so :func:`forget_handled_exception` sets the
+  handled exception back through the C API (``PyErr_SetHandledException`` from
+  3.11, ``PyErr_SetExcInfo`` before).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dis
 import sys
 import weakref
@@ -31,6 +36,7 @@ from ._errors import ExitTracingException
 __all__ = [
     "INTERNAL_MODULES",
     "INTERNAL_PACKAGES",
+    "forget_handled_exception",
     "is_internal_frame",
     "opens_with",
     "register_internal_module",
@@ -124,6 +130,53 @@ def user_frame(frame: FrameType | None) -> FrameType:
     return frame
 
 
+if sys.version_info >= (3, 11):
+    _set_handled_exception = ctypes.pythonapi.PyErr_SetHandledException
+    _set_handled_exception.argtypes = [ctypes.py_object]
+    _set_handled_exception.restype = None
+
+    def _handle(exception: BaseException | None) -> None:
+        _set_handled_exception(exception)  # None clears
+
+else:
+    # 3.10 keeps (type, value, traceback) and the call steals one reference each.
+    _set_exc_info = ctypes.pythonapi["PyErr_SetExcInfo"]
+    _set_exc_info.argtypes = [ctypes.py_object, ctypes.py_object, ctypes.py_object]
+    _set_exc_info.restype = None
+    _clear_exc_info = ctypes.pythonapi["PyErr_SetExcInfo"]
+    _clear_exc_info.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    _clear_exc_info.restype = None
+    _incref = ctypes.pythonapi.Py_IncRef
+    _incref.argtypes = [ctypes.py_object]
+    _incref.restype = None
+
+    def _handle(exception: BaseException | None) -> None:
+        if exception is None:
+            _clear_exc_info(None, None, None)  # NULLs
+            return
+        parts = (type(exception), exception, exception.__traceback__)
+        for part in parts:
+            _incref(part)
+        _set_exc_info(*parts)
+
+
+def forget_handled_exception(skip: BaseException | None) -> None:
+    """Stop handling ``skip`` (the body-skipping exception) in ``__exit__``.
+
+    ``__exit__`` runs inside the ``with`` statement's exception handler, so
+    everything it runs (the body, the model) would see ``skip`` as the exception
+    being handled: every exception raised there, even one caught right away
+    inside C code (``getattr`` with a default, ``hasattr``; a transformers
+    forward raises about a hundred), would be created eagerly to get ``skip`` as
+    its ``__context__``. Handled instead is what was handled when the ``with``
+    started (nothing, or the exception of an ``except`` block around it), as in
+    code without a trace; the handler's end restores its own state from its
+    stack, so nothing needs putting back.
+    """
+    if skip is not None:
+        _handle(skip.__context__)
+
+
 if sys.version_info >= (3, 13):
 
     def write_locals(frame: FrameType, values: Mapping[str, Any]) -> None:
@@ -135,8 +188,6 @@ if sys.version_info >= (3, 13):
             proxy[name] = value
 
 else:
-    import ctypes
-
     _locals_to_fast = ctypes.pythonapi.PyFrame_LocalsToFast
     _locals_to_fast.argtypes = [ctypes.py_object, ctypes.c_int]
     _locals_to_fast.restype = None

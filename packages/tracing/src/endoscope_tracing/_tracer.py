@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from ._block import CapturedBlock
 from ._errors import ExitTracingException
 from ._exceptions import clean_exception, install_excepthook
-from ._frames import skip_body, user_frame, write_locals
+from ._frames import forget_handled_exception, skip_body, user_frame, write_locals
 from ._saving import SAVED
 from ._source import read_source
 from ._unsaved import UnsavedName, UnsavedValueWarning, reassigned_message
@@ -157,6 +157,7 @@ class Tracer:
             # The body was not skipped (someone cleared the trace function) or an
             # unrelated error: behave like an ordinary context manager.
             return False
+        forget_handled_exception(error)
         info = self._require_info()
         if info.block.as_names:
             # The skip fired before the `as` target was stored; bind it now so it
