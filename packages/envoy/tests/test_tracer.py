@@ -825,3 +825,49 @@ def test_the_model_runs_with_no_exception_being_handled(no_leftovers) -> None:
     assert probe.contexts == [None]
     assert torch.equal(out, probe.fc(x))
     assert sys.exc_info() == (None, None, None)
+
+
+def _sharing_pairwise(blocks):
+    """The definition _sharing computes, pair by pair (quadratic in the invokes)."""
+    shares = []
+    for index, block in enumerate(blocks):
+        if block is None:
+            shares.append((True, True))
+            continue
+        push = any(
+            other is None or block.may_share_with(other)
+            for position, other in enumerate(blocks)
+            if position != index
+        )
+        pull = any(earlier is None or earlier.may_share_with(block) for earlier in blocks[:index])
+        shares.append((push, pull))
+    return shares
+
+
+def test_invoke_sharing_is_judged_per_distinct_block_as_pair_by_pair() -> None:
+    # Invokes from one call site share their block: _sharing judges distinct
+    # blocks (linear in the invokes) and must agree with the pairwise definition.
+    import random
+    from types import SimpleNamespace
+
+    from endoscope_envoy._tracer import _sharing
+
+    class Block:
+        def __init__(self, name: str, relation: dict) -> None:
+            self.name, self.relation = name, relation
+
+        def may_share_with(self, reader: Block) -> bool:
+            return self.relation[self.name, reader.name]
+
+    rng = random.Random(0)
+    names = "abc"
+    for _ in range(300):
+        relation = {(w, r): rng.random() < 0.25 for w in names for r in names}
+        kinds = [Block(name, relation) for name in names]
+        blocks = [
+            None if rng.random() < 0.05 else rng.choice(kinds) for _ in range(rng.randint(2, 9))
+        ]
+        invokers = [
+            SimpleNamespace(info=None if b is None else SimpleNamespace(block=b)) for b in blocks
+        ]
+        assert _sharing(invokers) == _sharing_pairwise(blocks), (blocks, relation)

@@ -252,6 +252,7 @@ class InterleavingTracer(Tracer):
         self._globals: dict[str, Any] | None = None
         self._publishers: dict[str, int] = {}  # shared name -> invoke that assigned it
         self._awaited: set[str] = set()  # names some invoke may have to wait for
+        self._assigned: set[str] = set()  # names the invokes so far may assign
         self._source_globals: dict[str, Any] | None = None
         self._ran = False
         self._output: Any = None
@@ -353,8 +354,10 @@ class InterleavingTracer(Tracer):
         """Backend of invokes: compile now, run beside the forward pass later."""
         assert isinstance(invoker, Invoker)
         invoker.index = len(self.invokers)
-        invoker._awaits = _awaits(invoker, self.invokers)
+        invoker._awaits = _awaits(invoker, self._assigned)
         self._awaited.update(invoker._awaits)
+        if invoker.info is not None:
+            self._assigned |= invoker.info.block.assigned
         fn = invoker.compile()
         self.invokers.append(invoker)
         invoker.mediator = Mediator(
@@ -454,6 +457,7 @@ class InterleavingTracer(Tracer):
                 _forget_frame(invoker)
         self.invokers = []
         self._awaited = set()
+        self._assigned = set()
         self.mediator = None
         self._entered = None
         self._globals = self._source_globals = None
@@ -547,34 +551,50 @@ def _sharing(invokers: list[Invoker]) -> list[tuple[bool, bool]]:
     values when it switches back (it may read one an earlier invoke assigns).
 
     Judged from the bodies' text (:meth:`CapturedBlock.may_share_with`), erring
-    towards sharing.
+    towards sharing. Invokes opened by one call site (a loop over prompts) share
+    their block, so pairs are judged per distinct block: linear in the invokes.
     """
     blocks = [invoker.info.block if invoker.info is not None else None for invoker in invokers]
+    # Every distinct block once (None: an invoke whose text is unknown), how often.
+    uses: dict[int, int] = {}
+    distinct: list[Any] = []
+    for block in blocks:
+        key = id(block)
+        if key not in uses:
+            uses[key] = 0
+            distinct.append(block)
+        uses[key] += 1
+    pushes: dict[int, bool] = {}
     shares = []
-    for index, block in enumerate(blocks):
+    earlier: list[Any] = []  # distinct blocks before this invoke
+    seen: set[int] = set()
+    for block in blocks:
+        key = id(block)
         if block is None:
-            shares.append((True, True))
-            continue
-        push = any(
-            other is None or block.may_share_with(other)
-            for position, other in enumerate(blocks)
-            if position != index
-        )
-        pull = any(earlier is None or earlier.may_share_with(block) for earlier in blocks[:index])
+            push = pull = True
+        else:
+            known = pushes.get(key)
+            if known is None:
+                # Another invoke: any block but this one's, or this one's if it repeats.
+                known = pushes[key] = any(
+                    other is None or block.may_share_with(other)
+                    for other in distinct
+                    if other is not block or uses[key] > 1
+                )
+            push = known
+            pull = any(other is None or other.may_share_with(block) for other in earlier)
         shares.append((push, pull))
+        if key not in seen:
+            seen.add(key)
+            earlier.append(block)
     return shares
 
 
-def _awaits(invoker: Invoker, earlier: list[Invoker]) -> frozenset[str]:
+def _awaits(invoker: Invoker, assigned: set[str]) -> frozenset[str]:
     """The names ``invoker``'s body may read before binding them itself that an
-    earlier invoke may assign: its reads of them wait for that invoke."""
-    if invoker.info is None:
-        return frozenset()
-    assigned: set[str] = set()
-    for other in earlier:
-        if other.info is not None:
-            assigned |= other.info.block.assigned
-    if not assigned:
+    earlier invoke may assign (``assigned``: what the earlier ones' bodies may
+    bind): its reads of them wait for that invoke."""
+    if invoker.info is None or not assigned:
         return frozenset()
     return frozenset(
         name for name in invoker.info.block.reads_first & assigned if not name.startswith(_PRIVATE)
