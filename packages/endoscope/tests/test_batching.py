@@ -227,3 +227,76 @@ def test_patching_before_the_donor_exists_on_the_demo_model(demo):
             handle.remove()
     torch.testing.assert_close(patched, want[1:])
     assert tokenizer.decode(patched[0, -1].argmax()) == tokenizer.decode(want[1, -1].argmax())
+
+
+def _same_inputs(got, want) -> None:
+    assert got[0] == want[0]
+    assert list(got[1]) == list(want[1])
+    for name, value in want[1].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(got[1][name], value), name
+        else:
+            assert got[1][name] == value, name
+
+
+def test_invokes_text_is_tokenized_in_one_call_with_the_same_ids(lm, tokenizer):
+    # Every form an invoke may bring, text between the others: one tokenizer call
+    # for all the text, and each invoke's inputs exactly as prepared alone.
+    ids = tokenizer("The capital of Italy is")["input_ids"]
+    invokes = [
+        (("Big Ben",), {}),
+        ((["The Eiffel Tower is in", "Big Ben"],), {}),
+        ((ids,), {}),
+        ((torch.tensor([ids]),), {}),
+        ((dict(tokenizer("Paris")),), {}),
+        ((), {"input_ids": [ids]}),
+        (("The capital of Italy is",), {"labels": [ids]}),
+    ]
+    want = [lm._prepare_inputs(*args, **kwargs) for args, kwargs in invokes]
+    calls = []
+
+    def counting(prompts):
+        calls.append(list(prompts))
+        return tokenizer(prompts)
+
+    lm._tokenize = counting
+    got = lm._prepare_invokes(invokes)
+    assert calls == [["Big Ben", "The Eiffel Tower is in", "Big Ben", "The capital of Italy is"]]
+    assert len(got) == len(want)
+    for got_one, want_one in zip(got, want):
+        _same_inputs(got_one, want_one)
+
+
+def test_a_trace_of_text_invokes_tokenizes_once_and_keeps_each_prompts_values(lm, gpt2, tokenizer):
+    calls = []
+
+    def counting(prompts):
+        calls.append(list(prompts))
+        return tokenizer(prompts)
+
+    lm._tokenize = counting
+    blocks = []
+    with lm.trace() as tracer:
+        for prompt in PROMPTS:
+            with tracer.invoke(prompt):
+                blocks.append(lm.transformer.h[0].output.save())
+    assert calls == [PROMPTS]
+    for prompt, got in zip(PROMPTS, blocks):
+        _, want = alone(gpt2, tokenizer, prompt)
+        torch.testing.assert_close(got[:, got.shape[1] - want.shape[1] :], want)
+
+
+def test_a_subclass_preparing_its_own_inputs_is_asked_per_invoke(gpt2, tokenizer):
+    seen = []
+
+    class Custom(LanguageModel):
+        def _prepare_inputs(self, *args, **kwargs):
+            seen.append(args[0])
+            return super()._prepare_inputs(*args, **kwargs)
+
+    lm = Custom(gpt2, tokenizer=tokenizer)
+    with lm.trace() as tracer:
+        for prompt in PROMPTS:
+            with tracer.invoke(prompt):
+                pass
+    assert seen == PROMPTS

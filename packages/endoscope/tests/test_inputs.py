@@ -196,3 +196,17 @@ def test_mismatched_attention_mask_is_refused(lm, tokenizer):
     with pytest.raises(ValueError, match="attention_mask"):
         with lm.trace(input_ids=ids, attention_mask=torch.ones(1, 2, dtype=torch.long)):
             lm.lm_head.output.save()
+
+
+def test_token_id_lists_hold_ints_only() -> None:
+    from endoscope._inputs import _is_int_sequence
+
+    assert _is_int_sequence([1, 2, 3]) and _is_int_sequence((4,)) and _is_int_sequence([])
+    for bad in ([1, True], [1.0, 2], [1, "2"], [[1, 2]], "12", None, 3):
+        assert not _is_int_sequence(bad), bad
+
+
+def test_a_list_of_booleans_is_refused_as_token_ids(lm):
+    with pytest.raises(TypeError):
+        with lm.trace([True, False]):
+            pass

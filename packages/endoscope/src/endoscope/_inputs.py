@@ -91,8 +91,9 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _is_int_sequence(value: Any) -> bool:
+    # Judged per distinct element type: a tokenizer's row of ids is one type.
     return isinstance(value, (list, tuple)) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+        issubclass(kind, int) and kind is not bool for kind in set(map(type, value))
     )
 
 

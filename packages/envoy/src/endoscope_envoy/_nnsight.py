@@ -321,6 +321,17 @@ class NNsight(Envoy):
         """Normalise one invoke's inputs to ``(args, kwargs)`` for the model."""
         return args, kwargs
 
+    def _prepare_invokes(
+        self, invokes: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """Normalise every invoke's ``(args, kwargs)`` of one trace, in order.
+
+        Each through :meth:`_prepare_inputs` by default; an extension point for
+        work better done once per trace (LanguageModel tokenizes every invoke's
+        text in one call).
+        """
+        return [self._prepare_inputs(*args, **kwargs) for args, kwargs in invokes]
+
     def _batch_inputs(
         self, inputs: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
     ) -> tuple[tuple[Any, ...], dict[str, Any], list[Any], int]:

@@ -395,7 +395,7 @@ class InterleavingTracer(Tracer):
                     "none of this trace's invokes has an input: give at least one "
                     "`tracer.invoke(x)` an input to run the model on."
                 )
-            prepared = [model._prepare_inputs(*i.args, **i.kwargs) for i in with_input]
+            prepared = model._prepare_invokes([(i.args, i.kwargs) for i in with_input])
             try:
                 args, kwargs, batch_groups, batch_size = model._batch_inputs(prepared)
             except BatchingError as error:
