@@ -91,6 +91,13 @@ process and rounds when nnsight is importable. Both libraries are called with th
 save (``endoscope_envoy.save(v)``, ``nnsight.save(v)``), because nnsight mounts a
 permanent ``.save`` on every object at import, which would shadow endoscope's
 per-trace one; the bound method only calls the function, so the cost is the same.
+Each library also replaces ``torch.Tensor.backward`` for good at import (for
+``with loss.backward():`` blocks); in one process only the last import's stays, and
+the other library would put its own back around each of its traces, a cost it
+never pays alone (a class attribute set twice per trace, which also drops the
+interpreter's attribute caches of every tensor type). So every variant runs with
+the ``Tensor.backward`` its library installs when alone, plain variants with
+torch's own, switched before the variant's untimed call.
 
 Exit status: 1 when an endoscope variant gave a wrong result, or when one of the
 core scenarios (empty, saves, edits, replacements) raised; caching and ``.source``
@@ -561,6 +568,8 @@ class Library:
     save: Callable[[Any], Any]
     # ``(model, tokenizer) -> LanguageModel``, or None when not importable.
     language_model: Callable[[torch.nn.Module, Any], Any] | None = None
+    # The ``torch.Tensor.backward`` the library installs at import, if any.
+    backward: Any = None
 
 
 @dataclass
@@ -1034,6 +1043,7 @@ def time_variants(
     runs: int = 1,
     seed: int = 0,
     clock: Callable[[], int] = time.perf_counter_ns,
+    backwards: dict[str, Any] | None = None,
 ) -> None:
     """Run the working variants round-robin, shuffled per round, recording ns per call.
 
@@ -1045,10 +1055,14 @@ def time_variants(
     run's figure rather than the reported median of the runs. ``clock`` is wall
     time by default; ``time.process_time_ns`` counts only this process's CPU time
     (all its threads), which other processes on a busy machine do not inflate.
+    ``backwards`` maps a variant's ``impl`` to the ``torch.Tensor.backward`` it
+    runs with (see the module docstring); ``None`` leaves it alone.
     """
     live = [v for v in variants if v.status == "ok"]
+    install = _backward_installer(backwards)
     for _ in range(warmup):
         for variant in live:
+            install(variant.impl)
             variant.run()
     for number in range(runs):
         gc.collect()
@@ -1059,6 +1073,7 @@ def time_variants(
         for _ in range(rounds):
             rng.shuffle(order)
             for variant in order:
+                install(variant.impl)
                 run = variant.run
                 run()
                 start = clock()
@@ -1066,6 +1081,22 @@ def time_variants(
                 variant.times.append(clock() - start)
         for variant in live:
             variant.run_medians.append(statistics.median(variant.times) / 1e3)
+
+
+def _backward_installer(backwards: dict[str, Any] | None) -> Callable[[str], None]:
+    """A function putting the ``Tensor.backward`` of an ``impl`` in place (a no-op
+    when it is there already: setting a class attribute is what it avoids)."""
+    if not backwards:
+        return lambda impl: None
+    plain = backwards["plain"]
+    namespace = torch.Tensor.__dict__
+
+    def install(impl: str) -> None:
+        wanted = backwards.get(impl, plain)
+        if namespace.get("backward") is not wanted:
+            torch.Tensor.backward = wanted  # type: ignore[method-assign]
+
+    return install
 
 
 # ------------------------------------------------------------------- report
@@ -1472,7 +1503,10 @@ def _load_nnsight() -> Library | str:
             warnings.simplefilter("ignore")
             return nnsight.LanguageModel(module, tokenizer=tokenizer)
 
-    return Library("nnsight", nnsight.NNsight, nnsight.save, language_model)
+    # Installed by nnsight's import over whatever was there (endoscope's).
+    return Library(
+        "nnsight", nnsight.NNsight, nnsight.save, language_model, backward=torch.Tensor.backward
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1549,12 +1583,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return endoscope.LanguageModel(module, tokenizer=tokenizer, scheduler=args.scheduler)
 
+    # torch's own Tensor.backward, then endoscope's (mounted at its import).
+    endoscope_envoy.unmount_backward()
+    backwards = {"plain": torch.Tensor.backward}
+    endoscope_envoy.mount_backward()
     libraries = [
         Library(
             "endoscope",
             lambda module: endoscope_envoy.NNsight(module, scheduler=args.scheduler),
             endoscope_envoy.save,
             language_model,
+            backward=torch.Tensor.backward,
         )
     ]
     if args.compare == "nnsight":
@@ -1563,6 +1602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(loaded)
         else:
             libraries.append(loaded)
+    backwards.update({lib.name: lib.backward for lib in libraries if lib.backward is not None})
 
     subjects: list[Subject] = []
     if args.model in ("all", "mlp"):
@@ -1587,12 +1627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     timed: list[list[Variant]] = []
     for subject in subjects:
         variants = build_variants(subject, libraries)
-        time_variants(variants, rounds, warmup, runs, clock=clock)
+        time_variants(variants, rounds, warmup, runs, clock=clock, backwards=backwards)
         report(subject, variants, libraries, findings)
         timed.append(variants)
     if language is not None:
         variants = build_language_variants(language, libraries)
-        time_variants(variants, rounds, warmup, runs, clock=clock)
+        time_variants(variants, rounds, warmup, runs, clock=clock, backwards=backwards)
         report_language(language, variants, libraries, findings)
         timed.append(variants)
     print_verdict(findings)

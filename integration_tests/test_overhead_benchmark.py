@@ -54,3 +54,43 @@ def test_overhead_benchmark_quick_run(tmp_path: Path) -> None:
     assert "measured targets" in result.stdout, report
     assert f"picture written to {picture}" in result.stdout, report
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", report
+
+
+def test_each_variant_runs_with_its_own_librarys_tensor_backward() -> None:
+    # Both libraries replace Tensor.backward at import; in one process the
+    # benchmark puts back the one a variant's library installs alone (torch's own
+    # for plain variants), so neither pays for the other's patch.
+    import importlib.util
+
+    import torch
+
+    before = torch.Tensor.__dict__["backward"]
+    spec = importlib.util.spec_from_file_location("overhead_under_test", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    overhead = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = overhead  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(overhead)
+
+        def torch_own(*args: object, **kwargs: object) -> None: ...
+
+        def other_library(*args: object, **kwargs: object) -> None: ...
+
+        ours = before
+        install = overhead._backward_installer(
+            {"plain": torch_own, "endoscope": ours, "nnsight": other_library}
+        )
+        for impl, expected in (
+            ("nnsight", other_library),
+            ("hooks", torch_own),
+            ("floor", torch_own),
+            ("endoscope", ours),
+            ("plain", torch_own),
+        ):
+            install(impl)
+            assert torch.Tensor.__dict__["backward"] is expected, impl
+        overhead._backward_installer(None)("nnsight")  # no mapping: left alone
+        assert torch.Tensor.__dict__["backward"] is torch_own
+    finally:
+        del sys.modules[spec.name]
+        torch.Tensor.backward = before  # type: ignore[method-assign]
