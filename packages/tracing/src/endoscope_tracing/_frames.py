@@ -131,12 +131,10 @@ def user_frame(frame: FrameType | None) -> FrameType:
 
 
 if sys.version_info >= (3, 11):
-    _set_handled_exception = ctypes.pythonapi.PyErr_SetHandledException
-    _set_handled_exception.argtypes = [ctypes.py_object]
-    _set_handled_exception.restype = None
-
-    def _handle(exception: BaseException | None) -> None:
-        _set_handled_exception(exception)  # None clears
+    # Called directly (no wrapper frame per trace); None clears.
+    _handle = ctypes.pythonapi["PyErr_SetHandledException"]  # our own function object
+    _handle.argtypes = [ctypes.py_object]
+    _handle.restype = None
 
 else:
     # 3.10 keeps (type, value, traceback) and the call steals one reference each.
