@@ -430,3 +430,44 @@ def test_first_traces_from_two_threads_load_once(saved_model, monkeypatch):
     assert errors == [] and len(loads) == 1
     expected = plain_logits(load(saved_model).eval(), lm.tokenizer)
     assert all(torch.equal(each, expected) for each in logits) and len(logits) == 2
+
+
+class Halving(torch.nn.Linear):
+    """Another type where the checkpoint's model has a Linear."""
+
+
+class HeadEnvoy(Envoy):
+    """The Envoy type for :class:`Halving`: loading builds a new Envoy there."""
+
+
+def test_children_looked_up_before_loading_are_the_loaded_ones(saved_model, monkeypatch):
+    # Envoys keep a child they found once where normal lookup finds it; loading
+    # that builds a new Envoy (another module type) must not leave the old one
+    # there, in the model or in an edited copy made before the load.
+    import endoscope._language_model as language_model
+
+    lm = LanguageModel(saved_model, envoys={Halving: HeadEnvoy})
+    with lm.edit() as (_, edited):
+        pass
+    old_head, old_mlp = lm.lm_head, lm.transformer.h[0].mlp
+    assert edited.lm_head is old_head and edited.transformer.h[0].mlp is old_mlp
+    real = language_model.load_pretrained
+
+    def load_with_another_head(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        head = loaded.lm_head
+        loaded.lm_head = Halving(head.in_features, head.out_features, bias=False)
+        with torch.no_grad():
+            loaded.lm_head.weight.copy_(head.weight)
+        return loaded
+
+    monkeypatch.setattr(language_model, "load_pretrained", load_with_another_head)
+    edited.dispatch()
+    loaded = lm._module
+    assert isinstance(loaded.lm_head, Halving)
+    for model in (lm, edited):
+        assert model.lm_head is not old_head and isinstance(model.lm_head, HeadEnvoy)
+        assert model.lm_head._module is loaded.lm_head
+        assert model.transformer.h[0].mlp is old_mlp  # same type: the same Envoy
+        assert model.transformer.h[0].mlp._module is loaded.transformer.h[0].mlp
+    assert torch.equal(traced_logits(edited), plain_logits(loaded, lm.tokenizer))

@@ -193,3 +193,44 @@ def test_get_with_a_child_named_like_the_root() -> None:
     assert model.get("model.0") is model.model[0]
     assert model.get("model.model.0") is model.model[0]
     assert model.get("model") is model
+
+
+def test_a_child_found_once_is_found_by_normal_lookup_after(net, monkeypatch) -> None:
+    # A failed normal lookup builds an AttributeError before __getattr__ runs;
+    # each child, alias or spelling is looked up through __getattr__ once.
+    model = NNsight(net)
+    model._rename = {"layers": ["blocks"]}
+    model._apply_rename()
+    calls: list[str] = []
+    lookup = Envoy.__getattr__
+
+    def counting(self: Envoy, name: str) -> object:
+        calls.append(name)
+        return lookup(self, name)
+
+    monkeypatch.setattr(Envoy, "__getattr__", counting)
+    for _ in range(3):
+        assert model.layers[1].fc._module is net.layers[1].fc
+        assert model.blocks is model.layers
+        assert model.E_layers is model.layers and model.layers_ is model.layers
+        assert model.head.out_features == 2  # a module attribute: asked each time
+    assert calls == ["layers", "fc", "blocks", "E_layers", "layers_", "head", "out_features"] + [
+        "out_features"
+    ] * 2
+
+
+class NamedLikeMethods(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.modules = torch.nn.Linear(2, 2)  # type: ignore[assignment]
+        self.path = torch.nn.Identity()
+
+
+def test_a_found_child_never_shadows_what_the_class_or_instance_defines() -> None:
+    module = NamedLikeMethods()
+    model = NNsight(module)
+    for _ in range(2):
+        assert model.modules_._module is module._modules["modules"]
+        assert model.path_._module is module._modules["path"]
+        assert model.path == "model"
+        assert [envoy.path for envoy in model.modules()] == ["model", "model.modules", "model.path"]

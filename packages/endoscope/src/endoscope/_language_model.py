@@ -280,6 +280,7 @@ class TransformersModel(NNsight):
         if self._module is not root._module:
             self._module = root._module
             self._ordered = root._ordered
+            self._forget_lookups()
             self._dispatched = True
         return self
 

@@ -36,6 +36,7 @@ def rebind(root: NNsight, module: torch.nn.Module) -> None:
 def _rebind(envoy: Envoy, module: torch.nn.Module, root: NNsight) -> None:
     envoy._module = module
     envoy._source = None  # built from the old module's forward on first use
+    envoy._forget_lookups()
     children: dict[str, Envoy] = {}
     for name, child in module.named_children():
         path = f"{envoy.path}.{name}"

@@ -69,6 +69,8 @@ class Envoy:
         self._parent_ref = weakref.ref(parent) if parent is not None else None
         self.path = path
         self._root_ref: weakref.ref[NNsight] = weakref.ref(root if root is not None else self)  # type: ignore[arg-type]
+        # Names __getattr__ has cached in __dict__ (see there); dropped by _forget_lookups.
+        self._lookups: set[str] = set()
         self._children: dict[str, Envoy] = {}
         self._aliases: dict[str, Envoy] = {}
         self._source: SourceEnvoy | None = None
@@ -102,21 +104,33 @@ class Envoy:
         children = state.get("_children")
         if children is None:
             raise AttributeError(name)
-        if name in children:
-            return children[name]
-        aliases = state["_aliases"]
-        if name in aliases:
-            return aliases[name]
-        if name.endswith("_") and name[:-1] in children:
-            return children[name[:-1]]
-        if name.startswith("E_") and name[2:] in children:
-            return children[name[2:]]  # nnsight 0.8.1's spelling of a clashing name
+        found = children.get(name)
+        if found is None:
+            found = state["_aliases"].get(name)
+        if found is None and name.endswith("_"):
+            found = children.get(name[:-1])
+        if found is None and name.startswith("E_"):
+            found = children.get(name[2:])  # nnsight 0.8.1's spelling of a clashing name
+        if found is not None:
+            # Kept in __dict__: the next `model.transformer` skips the failed normal
+            # lookup, which builds an AttributeError first (about 1.4 us a step on
+            # 3.11). Names the class defines never get here, so nothing is shadowed.
+            state[name] = found
+            state["_lookups"].add(name)
+            return found
         module = state["_module"]
         try:
             return getattr(module, name)
         except AttributeError:
             pass
         raise attribute_error(self._missing(name), name) from None
+
+    def _forget_lookups(self) -> None:
+        """Drop the children :meth:`__getattr__` cached: the tree below was rebuilt."""
+        state = self.__dict__
+        for name in state.pop("_lookups", ()):
+            state.pop(name, None)
+        state["_lookups"] = set()
 
     def _missing(self, name: str) -> str:
         candidates = [*self._children, *self._aliases]

@@ -299,6 +299,7 @@ class NNsight(Envoy):
     def _edited_copy(self) -> NNsight:
         edited = copy.copy(self)
         edited._edits = list(self._edits)
+        edited._lookups = set(self._lookups)  # its children found so far, its own from now
         # The shared Envoy tree's up-links are weak references to this model.
         edited._original = self
         return edited
