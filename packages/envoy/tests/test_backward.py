@@ -190,3 +190,63 @@ def test_an_error_in_a_backward_block_shows_only_the_users_frames(mlp, xs) -> No
         "with loss.backward():",
         'raise KeyError("mine")',
     ]
+
+
+# A library that replaced Tensor.backward before endoscope was imported, the way
+# nnsight 0.8.1 does: it looks at its caller's frame (nnsight for a `with`
+# statement there). Reached through a wrapper of ours, its caller would be our
+# frame.
+_LOADED_FIRST = """
+import functools
+import sys
+import torch
+
+callers = []
+torch_backward = torch.Tensor.backward
+
+@functools.wraps(torch_backward)
+def their_backward(tensor, *args, **kwargs):
+    callers.append(sys._getframe(1).f_code.co_name)
+    return torch_backward(tensor, *args, **kwargs)
+
+torch.Tensor.backward = their_backward
+
+import endoscope_envoy
+
+def users_code():
+    x = torch.ones(2, requires_grad=True)
+    (x * 3).sum().backward()
+    return x.grad
+
+assert torch.Tensor.backward is their_backward, torch.Tensor.backward
+assert users_code().tolist() == [3.0, 3.0]
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+x = torch.randn(2, 3)
+model = endoscope_envoy.NNsight(net)
+with model.trace(x):
+    hidden = model[0].output
+    loss = model.output.sum()
+    with loss.backward():
+        grad = hidden.grad.save()
+assert torch.Tensor.backward is their_backward, torch.Tensor.backward
+hidden = net[0](x)
+hidden.retain_grad()
+net[2](net[1](hidden)).sum().backward()
+assert torch.equal(grad, hidden.grad)
+assert users_code().tolist() == [3.0, 3.0]
+print(callers)
+"""
+
+
+def test_a_backward_replaced_before_import_is_left_in_place() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED_FIRST], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    # Their function was called by the user's code each time, never through ours;
+    # the backward block ran torch's own (theirs leads to it through __wrapped__).
+    assert done.stdout.split("\n")[0] == "['users_code', '<module>', 'users_code']"

@@ -214,9 +214,11 @@ def test_a_child_found_once_is_found_by_normal_lookup_after(net, monkeypatch) ->
         assert model.blocks is model.layers
         assert model.E_layers is model.layers and model.layers_ is model.layers
         assert model.head.out_features == 2  # a module attribute: asked each time
-    assert calls == ["layers", "fc", "blocks", "E_layers", "layers_", "head", "out_features"] + [
-        "out_features"
-    ] * 2
+    assert (
+        calls
+        == ["layers", "fc", "blocks", "E_layers", "layers_", "head", "out_features"]
+        + ["out_features"] * 2
+    )
 
 
 class NamedLikeMethods(torch.nn.Module):

@@ -14,7 +14,7 @@ from endoscope_tracing import (
     register_internal_package,
 )
 
-from ._backward import BackwardTracer, mount_backward, unmount_backward
+from ._backward import BackwardTracer, mount_backward, mount_backward_at_import, unmount_backward
 from ._batching import BatchingError, TorchBatcher, batch_inputs
 from ._config import CONFIG, EnvoyConfig
 from ._envoy import Envoy, NotInTraceError
@@ -31,7 +31,7 @@ from ._version import __version__
 register_internal_package("endoscope_envoy")
 register_internal_package("endoscope_interleaver")
 mount_save()
-mount_backward()
+mount_backward_at_import()
 
 __all__ = [
     "CONFIG",

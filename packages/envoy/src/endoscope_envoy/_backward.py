@@ -21,6 +21,7 @@ block runs, and only for code running in that block.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import sys
 import threading
 from collections.abc import Callable
@@ -40,12 +41,28 @@ __all__ = [
     "BackwardTracer",
     "backward_in_traces",
     "mount_backward",
+    "mount_backward_at_import",
     "running_models",
     "unmount_backward",
 ]
 
+#: What ``Tensor.backward`` was when endoscope was imported: torch's own, or
+#: another library's replacement; plain calls outside backward blocks go there.
 _ORIGINAL_BACKWARD: Callable[..., Any] = torch.Tensor.backward
 _ORIGINAL_GRAD: Any = torch._C.TensorBase.__dict__["grad"]
+
+
+def _is_torch_own(function: Any) -> bool:
+    # By where its code lives, not by name: functools.wraps copies the name.
+    code = getattr(function, "__code__", None)
+    return code is not None and code.co_filename == torch._tensor.__file__
+
+
+#: torch's own ``Tensor.backward``, which a backward block runs: a replacement made
+#: with functools.wraps (nnsight's) leads to it; any other is called instead.
+_TORCH_BACKWARD: Callable[..., Any] = inspect.unwrap(_ORIGINAL_BACKWARD, stop=_is_torch_own)
+if not _is_torch_own(_TORCH_BACKWARD):
+    _TORCH_BACKWARD = _ORIGINAL_BACKWARD
 
 # Context-local, not global: several threads may trace at once, and a trace's
 # code (on a greenlet or a worker thread) runs in a copy of its trace's context.
@@ -131,12 +148,33 @@ def backward_in_traces() -> _Patch:
 
 
 def mount_backward() -> None:
-    """Let ``with tensor.backward():`` open a backward block inside traces."""
+    """Let ``with tensor.backward():`` open a backward block inside traces.
+
+    Installs endoscope's ``Tensor.backward`` for every caller; outside traces it
+    hands each call to the ``Tensor.backward`` found when endoscope was imported
+    (a replacement that looks at its caller's frame then sees ours: see
+    :func:`mount_backward_at_import`).
+    """
     torch.Tensor.backward = _backward  # type: ignore[method-assign]
 
 
+def mount_backward_at_import() -> None:
+    """What importing endoscope does: :func:`mount_backward`, unless another library
+    replaced torch's ``Tensor.backward`` first.
+
+    Such a replacement (nnsight's, for one) may look at its caller's frame for a
+    ``with`` statement; called through ours, its caller would be our frame, and
+    ``with t.backward():`` in that library's traces would stop working. So it is
+    left in place, and each trace puts ours there while it runs
+    (:func:`backward_in_traces`), as it does for one loaded after endoscope.
+    """
+    if _is_torch_own(torch.Tensor.backward):
+        mount_backward()
+
+
 def unmount_backward() -> None:
-    """Restore torch's own ``Tensor.backward``."""
+    """Put back the ``Tensor.backward`` found when endoscope was imported (torch's
+    own, unless another library had replaced it)."""
     torch.Tensor.backward = _ORIGINAL_BACKWARD  # type: ignore[method-assign]
 
 
@@ -249,7 +287,7 @@ class BackwardTracer(Tracer):
         token = _running_backwards.set((*_running_backwards.get(), self))
         try:
             with _GRAD_PATCH, self.interleaver:
-                _ORIGINAL_BACKWARD(self.tensor, *self.args, **self.kwargs)
+                _TORCH_BACKWARD(self.tensor, *self.args, **self.kwargs)
         except BaseException as error:
             if drop_computation_frames(error):
                 raise error  # with its new traceback
