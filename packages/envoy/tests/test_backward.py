@@ -250,3 +250,29 @@ def test_a_backward_replaced_before_import_is_left_in_place() -> None:
     # Their function was called by the user's code each time, never through ours;
     # the backward block ran torch's own (theirs leads to it through __wrapped__).
     assert done.stdout.split("\n")[0] == "['users_code', '<module>', 'users_code']"
+
+
+def test_torch_own_backward_is_found_behind_a_wrapper() -> None:
+    import functools
+
+    from endoscope_envoy._backward import _find_torch_backward, _is_torch_own
+
+    torch_own = torch._tensor.Tensor.backward
+    if not _is_torch_own(torch_own):  # endoscope's is installed: it wraps torch's
+        torch_own = torch_own.__wrapped__
+    assert _is_torch_own(torch_own)
+
+    @functools.wraps(torch_own)
+    def wrapped(*args, **kwargs):
+        return torch_own(*args, **kwargs)
+
+    def bare(*args, **kwargs):
+        return torch_own(*args, **kwargs)
+
+    def looped(*args, **kwargs):
+        return None
+
+    looped.__wrapped__ = looped  # type: ignore[attr-defined]
+    assert _find_torch_backward(functools.wraps(wrapped)(lambda *a: None)) is torch_own
+    assert _find_torch_backward(bare) is bare
+    assert _find_torch_backward(looped) is looped

@@ -58,11 +58,18 @@ def _is_torch_own(function: Any) -> bool:
     return code is not None and code.co_filename == torch._tensor.__file__
 
 
-#: torch's own ``Tensor.backward``, which a backward block runs: a replacement made
-#: with functools.wraps (nnsight's) leads to it; any other is called instead.
-_TORCH_BACKWARD: Callable[..., Any] = inspect.unwrap(_ORIGINAL_BACKWARD, stop=_is_torch_own)
-if not _is_torch_own(_TORCH_BACKWARD):
-    _TORCH_BACKWARD = _ORIGINAL_BACKWARD
+def _find_torch_backward(found: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's own ``Tensor.backward`` behind ``found``: a replacement made with
+    functools.wraps (nnsight's) leads to it; any other is ``found`` itself."""
+    try:
+        unwrapped = inspect.unwrap(found, stop=_is_torch_own)
+    except ValueError:  # a loop of __wrapped__
+        return found
+    return unwrapped if _is_torch_own(unwrapped) else found
+
+
+#: What a backward block runs: torch's own, not another library's replacement.
+_TORCH_BACKWARD = _find_torch_backward(_ORIGINAL_BACKWARD)
 
 # Context-local, not global: several threads may trace at once, and a trace's
 # code (on a greenlet or a worker thread) runs in a copy of its trace's context.
