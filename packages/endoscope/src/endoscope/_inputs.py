@@ -26,6 +26,7 @@ __all__ = [
     "left_pad",
     "pad_invokes",
     "positions_from_mask",
+    "prompts_of",
     "sequence_length",
     "split_input_kwargs",
     "with_positions",
@@ -213,11 +214,18 @@ def encode_input(
     return _rows_to_batch(columns, pad_token_id)
 
 
+def prompts_of(value: Any) -> list[str] | None:
+    """The prompts of an input that is text (a prompt or a list of them), else None."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
 def _columns_of(value: Any, tokenize: Tokenize | None) -> dict[str, Any]:
-    if isinstance(value, str) or (
-        isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)
-    ):
-        prompts = [value] if isinstance(value, str) else list(value)
+    prompts = prompts_of(value)
+    if prompts is not None:
         if tokenize is None:
             raise ValueError(
                 "this LanguageModel has no tokenizer to turn text into tokens: pass "

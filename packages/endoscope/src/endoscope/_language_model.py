@@ -31,7 +31,7 @@ from endoscope_envoy import (
 )
 
 from ._generator import GENERATOR_NAME, Generator, GeneratorEnvoy, beams, streamer_for
-from ._inputs import encode_input, pad_invokes, split_input_kwargs, with_positions
+from ._inputs import encode_input, pad_invokes, prompts_of, split_input_kwargs, with_positions
 from ._loading import (
     automodel_class,
     automodel_for_task,
@@ -61,18 +61,6 @@ for _module in (
     register_internal_module(f"{__package__}.{_module}")
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
-
-
-def _text_of(args: tuple[Any, ...]) -> list[str] | None:
-    """An invoke's prompts when its one input is text (a prompt or a list of them)."""
-    if len(args) != 1:
-        return None
-    value = args[0]
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
 
 
 def _tokenized(rows: Mapping[str, Any], prompts: list[str]) -> Mapping[str, Any]:
@@ -435,7 +423,8 @@ class TransformersModel(NNsight):
             or type(self)._prepare_inputs is not TransformersModel._prepare_inputs
         ):
             return super()._prepare_invokes(invokes)
-        texts = [_text_of(args) for args, _ in invokes]
+        # An invoke's text: its one input, when that is a prompt or a list of them.
+        texts = [prompts_of(args[0]) if len(args) == 1 else None for args, _ in invokes]
         prompts = [prompt for text in texts if text is not None for prompt in text]
         encoded = dict(self._tokenize(prompts)) if prompts else {}
         if any(
